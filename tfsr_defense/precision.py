@@ -1,0 +1,72 @@
+"""Choice of numeric precision and tf.distribute strategy for training and attacks."""
+
+import json
+import os
+
+import tensorflow as tf
+
+__all__ = ["PRECISIONS", "STRATEGIES", "cpu_has_bf16", "resolve_precision", "make_strategy"]
+
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+STRATEGIES = ("auto", "default", "mirrored", "multiworker")
+
+
+def cpu_has_bf16():
+  """True if /proc/cpuinfo lists AMX-bf16 or AVX512-bf16 (Linux; False elsewhere)."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        if line.startswith("flags"):
+          flags = line.split()
+          return "amx_bf16" in flags or "avx512_bf16" in flags
+  except OSError:
+    pass
+  return False
+
+
+def resolve_precision(precision="auto"):
+  """Keras mixed-precision policy name for ``precision``.
+
+  auto: ``mixed_float16`` on a GPU (with loss scaling in the trainer),
+  ``mixed_bfloat16`` on a CPU with AMX/AVX512-BF16 (several times faster than
+  float32 there), else ``float32``.
+
+  Raises:
+    ValueError: unknown name.
+  """
+  if precision not in PRECISIONS:
+    raise ValueError(f"Unknown precision '{precision}': use one of {', '.join(PRECISIONS)}.")
+  if precision != "auto":
+    return precision
+  if tf.config.list_physical_devices("GPU"):
+    return "mixed_float16"
+  return "mixed_bfloat16" if cpu_has_bf16() else "float32"
+
+
+def make_strategy(name="auto", devices=None):
+  """A tf.distribute strategy.
+
+  Args:
+    name: 'auto' (MultiWorkerMirrored if $TF_CONFIG names several workers,
+      Mirrored if there are several GPUs, else the default strategy),
+      'default', 'mirrored' or 'multiworker'.
+    devices: device list for 'mirrored' (e.g. two logical CPUs in tests).
+
+  Raises:
+    ValueError: unknown name.
+  """
+  if name not in STRATEGIES:
+    raise ValueError(f"Unknown strategy '{name}': use one of {', '.join(STRATEGIES)}.")
+  if name == "auto":
+    workers = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {}).get("worker", [])
+    if len(workers) > 1:
+      name = "multiworker"
+    elif len(tf.config.list_physical_devices("GPU")) > 1:
+      name = "mirrored"
+    else:
+      name = "default"
+  if name == "default":
+    return tf.distribute.get_strategy()
+  if name == "mirrored":
+    return tf.distribute.MirroredStrategy(devices)
+  return tf.distribute.MultiWorkerMirroredStrategy()

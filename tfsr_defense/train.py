@@ -1,0 +1,99 @@
+"""Train an SR network with the entropy regularizer.
+
+    python -m tfsr_defense.train --model=edsr                       # short run, embedded photos
+    python -m tfsr_defense.train --flagfile=flags/edsr_x4_cpu.cfg   # CPU recipe on T91 + BSD200
+    python -m tfsr_defense.train --flagfile=flags/edsr_x4.cfg       # the paper's recipe (DIV2K)
+
+Interrupt and re-run the same command to resume from the last checkpoint.
+"""
+
+import dataclasses
+import os
+import sys
+
+from absl import app, flags
+
+from tfsr_defense import data, models, precision, trainer
+
+FLAGS = flags.FLAGS
+_D = trainer.TrainConfig()
+
+flags.DEFINE_string("model", _D.model, f"Network: one of {', '.join(models.known_models())}.")
+flags.DEFINE_integer("scale", _D.scale, "SR scale (2, 3 or 4).")
+flags.DEFINE_float("entropy_weight", None,
+                   "lambda of eq. 2 (>= 0). Default: the paper's value for the model "
+                   "(1 for EDSR). 0 trains the plain network.")
+flags.DEFINE_float("delta", _D.delta, "Bin width delta of eq. 11 (> 0).")
+flags.DEFINE_bool("noise", _D.noise, "Uniform noise on the features in training (eq. 12).")
+flags.DEFINE_bool("estimate_entropy", _D.estimate_entropy,
+                  "Probability estimation + entropy loss (eqs. 1, 11).")
+flags.DEFINE_string("train_data", _D.train_data,
+                    "Comma-separated datasets: embedded (scikit-image photos, no download), "
+                    "t91, bsd200, set5, ... (under --data_dir), folders of HR images, or div2k "
+                    "(tensorflow-datasets, needs the internet once).")
+flags.DEFINE_string("eval_data", _D.eval_data, "Validation set (name or folder); '' for none.")
+flags.DEFINE_string("data_dir", None, f"Data directory for dataset names (default ${data.DATA_DIR_ENV}).")
+flags.DEFINE_integer("max_train_images", None, "Use only the first N images of each training set.")
+flags.DEFINE_integer("eval_max_images", None, "Validate on the first N images only.")
+flags.DEFINE_integer("patch_size", _D.patch_size, "LR patch side in pixels (>= 1).")
+flags.DEFINE_integer("batch_size", _D.batch_size, "Global batch size.")
+flags.DEFINE_integer("steps", _D.steps, "Total training steps.")
+flags.DEFINE_float("learning_rate", _D.learning_rate, "Initial Adam learning rate.")
+flags.DEFINE_integer("lr_decay_steps", _D.lr_decay_steps, "Halve (x lr_decay_factor) every N steps.")
+flags.DEFINE_float("lr_decay_factor", _D.lr_decay_factor, "Learning-rate decay factor.")
+flags.DEFINE_float("clip_norm", _D.clip_norm, "Global gradient-norm clip (0: none; CARN: 10).")
+flags.DEFINE_enum("precision", _D.precision, precision.PRECISIONS,
+                  "auto: bf16 on AMX/AVX512-BF16 CPUs, fp16 (loss scaling) on GPUs, else float32.")
+flags.DEFINE_enum("strategy", _D.strategy, precision.STRATEGIES,
+                  "tf.distribute strategy; auto: MultiWorkerMirrored with a multi-worker "
+                  "TF_CONFIG, Mirrored with several GPUs, else default.")
+flags.DEFINE_string("run_dir", None, "Run directory (default runs/<model>_x<scale>).")
+flags.DEFINE_integer("checkpoint_every", _D.checkpoint_every, "Checkpoint every N steps.")
+flags.DEFINE_integer("eval_every", _D.eval_every, "Validate every N steps (0: at the end only).")
+flags.DEFINE_integer("log_every", _D.log_every, "TensorBoard/progress update every N steps.")
+flags.DEFINE_integer("seed", _D.seed, "Random seed.")
+flags.DEFINE_bool("export", _D.export, "Export a SavedModel to <run_dir>/export/1 at the end.")
+
+flags.register_validator("entropy_weight", lambda v: v is None or v >= 0,
+                         "--entropy_weight (lambda) must be >= 0.")
+flags.register_validator("delta", lambda v: v > 0, "--delta must be > 0.")
+flags.register_validator("patch_size", lambda v: v >= 1, "--patch_size must be >= 1.")
+flags.register_validator("batch_size", lambda v: v >= 1, "--batch_size must be >= 1.")
+flags.register_validator("steps", lambda v: v >= 1, "--steps must be >= 1.")
+flags.register_validator("scale", lambda v: v in (2, 3, 4), "--scale must be 2, 3 or 4.")
+
+
+def config_from_flags():
+  """TrainConfig from the parsed flags (the only place that reads FLAGS)."""
+  fields = {f.name for f in dataclasses.fields(trainer.TrainConfig)}
+  values = {name: FLAGS[name].value for name in fields if name in FLAGS}
+  if values["run_dir"] is None:
+    values["run_dir"] = os.path.join("runs", f"{FLAGS.model}_x{FLAGS.scale}")
+  return trainer.TrainConfig(**values)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  config = config_from_flags()
+  try:
+    config.validate()
+    os.makedirs(config.run_dir, exist_ok=True)
+    with open(os.path.join(config.run_dir, "flags.txt"), "w", encoding="utf-8") as f:
+      f.write("".join(FLAGS[name].serialize() + "\n" for name in sorted(dataclasses.asdict(config))
+                      if name in FLAGS and FLAGS[name].value is not None))
+    trainer.train(config)
+  except (ValueError, FileNotFoundError, trainer.CheckpointError) as e:
+    print(f"tfsr_defense.train: error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except KeyboardInterrupt:
+    sys.exit(130)
+
+
+def run():
+  """Console entry point ``tfsr-train``."""
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()
