@@ -52,6 +52,8 @@ flags.DEFINE_integer("checkpoint_every", _D.checkpoint_every, "Checkpoint every 
 flags.DEFINE_integer("eval_every", _D.eval_every, "Validate every N steps (0: at the end only).")
 flags.DEFINE_integer("log_every", _D.log_every, "TensorBoard/progress update every N steps.")
 flags.DEFINE_integer("seed", _D.seed, "Random seed.")
+flags.DEFINE_string("init_from", None, "Start from the weights of a finished run directory "
+                    "(or a .weights.h5 file); ignored when resuming.")
 flags.DEFINE_bool("export", _D.export, "Export a SavedModel to <run_dir>/export/1 at the end.")
 
 flags.register_validator("entropy_weight", lambda v: v is None or v >= 0,

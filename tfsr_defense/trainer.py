@@ -31,7 +31,7 @@ __all__ = ["TrainConfig", "CheckpointError", "train", "validate", "build_for_inf
 
 # Settings that change the network's variables: a checkpoint made with other
 # values cannot be resumed.
-_ARCHITECTURE_KEYS = ("model", "scale", "regularized")
+_ARCHITECTURE_KEYS = ("model", "scale", "regularized", "model_options")
 
 
 class CheckpointError(RuntimeError):
@@ -71,6 +71,8 @@ class TrainConfig:
   log_every: int = 10
   seed: int = 0
   export: bool = True
+  init_from: str = None          # run directory or .weights.h5 to start from (not resumed runs)
+  model_options: dict = None     # extra builder kwargs, e.g. dict(n_resblocks=2) (library only)
 
   def validate(self):
     """Raise ValueError naming the first bad value."""
@@ -103,9 +105,14 @@ class TrainConfig:
 def build_for_inference(config):
   """The network of ``config`` under the float32 policy (for validation/export)."""
   with _policy("float32"):
-    return models.build_model(config.model, config.scale, entropy_weight=config.lam,
-                              delta=config.delta, noise=config.noise,
-                              estimate_entropy=config.estimate_entropy)
+    return _build(config)
+
+
+def _build(config):
+  return models.build_model(config.model, config.scale, entropy_weight=config.lam,
+                            delta=config.delta, noise=config.noise,
+                            estimate_entropy=config.estimate_entropy,
+                            **(config.model_options or {}))
 
 
 class _policy:
@@ -144,14 +151,21 @@ def validate(model, pairs, scale, progress=False):
               ssim_y=float(np.mean([r["ssim_y"] for r in rows])), per_image=rows)
 
 
-def _load_train_data(config, global_batch):
+def _load_train_pairs(config):
+  """In-memory LR/HR pairs of the training sets (None for DIV2K, streamed by tfds)."""
   if config.train_data == data.DIV2K:
-    return data.div2k_train_dataset(config.scale, config.patch_size, global_batch)
+    return None
   pairs = []
   for name in config.train_data.split(","):
     pairs += data.load_pairs(name.strip(), config.scale, config.data_dir, config.max_train_images)
-  return data.train_dataset(pairs, config.patch_size, config.scale, global_batch,
-                            seed=config.seed)
+  return pairs
+
+
+def _train_dataset(config, pairs, global_batch, seed):
+  if pairs is None:
+    return data.div2k_train_dataset(config.scale, config.patch_size, global_batch)
+  tf.random.set_seed(seed)
+  return data.train_dataset(pairs, config.patch_size, config.scale, global_batch, seed=seed)
 
 
 def _check_run_dir(config):
@@ -174,6 +188,19 @@ def _check_run_dir(config):
     json.dump(current, f, indent=2, sort_keys=True)
 
 
+def _load_initial_weights(model, init_from):
+  path = init_from
+  if os.path.isdir(path):
+    path = os.path.join(path, "model.weights.h5")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"--init_from: no weights file {path} (give a finished run "
+                            "directory or a .weights.h5 file).")
+  try:
+    model.load_weights(path)
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(f"Cannot initialise {model.name} from {path}: {e}") from e
+
+
 def _restore(checkpoint, manager):
   path = manager.latest_checkpoint
   if not path:
@@ -181,7 +208,7 @@ def _restore(checkpoint, manager):
   try:
     status = checkpoint.restore(path)
     status.assert_existing_objects_matched()
-  except (tf.errors.OpError, ValueError, AssertionError) as e:
+  except Exception as e:  # pylint: disable=broad-except  (the reader raises many kinds)
     raise CheckpointError(
         f"Cannot resume from checkpoint {path}: {type(e).__name__}: {str(e)[:500]}. "
         "It is corrupt or was made by another network; move it away or use another --run_dir."
@@ -217,19 +244,16 @@ def train(config, strategy=None, log=print):
 
   eval_pairs = (data.load_pairs(config.eval_data, config.scale, config.data_dir,
                                 config.eval_max_images) if config.eval_data else [])
-  dataset = _load_train_data(config, global_batch)
-  options = tf.data.Options()
-  options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-  dist_dataset = strategy.experimental_distribute_dataset(dataset.with_options(options))
+  train_pairs = _load_train_pairs(config)
   _check_run_dir(config)
-  log(f"model={config.model} x{config.scale} lambda={lam} delta={config.delta} "
-      f"noise={config.noise} estimate_entropy={config.estimate_entropy} precision={policy} "
+  regularizer = (f"lambda={lam} delta={config.delta} noise={config.noise} "
+                 f"estimate_entropy={config.estimate_entropy}" if lam > 0 else
+                 "plain (no regularizer)")
+  log(f"model={config.model} x{config.scale} {regularizer} precision={policy} "
       f"replicas={replicas} batch={global_batch} patch={config.patch_size} run_dir={config.run_dir}")
 
   with _policy(policy), strategy.scope():
-    model = models.build_model(config.model, config.scale, entropy_weight=lam,
-                               delta=config.delta, noise=config.noise,
-                               estimate_entropy=config.estimate_entropy)
+    model = _build(config)
     schedule = tf.keras.optimizers.schedules.ExponentialDecay(
         config.learning_rate, config.lr_decay_steps, config.lr_decay_factor, staircase=True)
     optimizer = tf.keras.optimizers.Adam(
@@ -238,13 +262,22 @@ def train(config, strategy=None, log=print):
     loss_scaling = policy == "mixed_float16"
     if loss_scaling:
       optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
-    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
+  # A plain (not mirrored) counter: read on the host every step.
+  step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+  checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
 
   manager = tf.train.CheckpointManager(checkpoint, os.path.join(config.run_dir, "ckpt"),
                                        max_to_keep=3)
   if _restore(checkpoint, manager):
     log(f"Resumed from {manager.latest_checkpoint} at step {int(step)}.")
+  elif config.init_from:
+    _load_initial_weights(model, config.init_from)
+    log(f"Initialised from {config.init_from}.")
+  # Seeded with the step: a resumed run draws new patches instead of replaying.
+  dataset = _train_dataset(config, train_pairs, global_batch, seed=config.seed + int(step))
+  options = tf.data.Options()
+  options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+  dist_dataset = strategy.experimental_distribute_dataset(dataset.with_options(options))
 
   def step_fn(lr, hr):
     with tf.GradientTape() as tape:
