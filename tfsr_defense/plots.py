@@ -1,0 +1,235 @@
+"""Figures of an evaluation report (matplotlib, Agg backend), after Choi et al., ACCV 2020.
+
+* ``plot_sr_psnr_vs_eps``: mean SR-PSNR against eps, one line per model (Fig. 2).
+* ``plot_lr_vs_sr_psnr``: per-image LR-PSNR against SR-PSNR (Fig. 5a, b).
+* ``plot_clever_vs_sr_psnr``: per-image CLEVER against SR-PSNR (Fig. 5c).
+* ``plot_example``: LR / attacked LR / perturbation / S(x) / S(x~) / HR side by side (Fig. 3).
+* ``plot_features``: mean feature map and feature histogram, clean vs attacked (Fig. 4).
+* ``make_plots(report_dir)``: all of them from the files ``evaluation.evaluate`` writes.
+
+SR-PSNR: S(x) vs S(x~), Y channel, shave = scale, peak 255 (dB); LR-PSNR:
+x vs x~, RGB, no shave, peak 1 (dB); eps in units of 1/255.
+"""
+
+import glob
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=wrong-import-position
+import numpy as np  # noqa: E402  pylint: disable=wrong-import-position
+
+__all__ = ["plot_sr_psnr_vs_eps", "plot_lr_vs_sr_psnr", "plot_clever_vs_sr_psnr",
+           "plot_example", "plot_features", "make_plots", "PLOTS_DIR"]
+
+PLOTS_DIR = "plots"
+_SR_LABEL = "SR-PSNR (dB): S(x) vs S(x~), Y, shave = scale"
+_LR_LABEL = "LR-PSNR (dB): x vs x~, RGB, no shave"
+
+
+def _save(fig, path):
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def plot_sr_psnr_vs_eps(summary, path, dataset, attack):
+  """Mean SR-PSNR vs eps, one line per model (paper Fig. 2).
+
+  Args:
+    summary: aggregated rows (``evaluation.summarize``).
+    path: output .png.
+    dataset, attack: which rows.
+
+  Returns:
+    path, or None if there is nothing to plot.
+  """
+  rows = [s for s in summary if s["kind"] == "attack" and s["dataset"] == dataset
+          and s["attack"] == attack and s.get("sr_psnr") is not None]
+  if not rows:
+    return None
+  fig, ax = plt.subplots(figsize=(5, 3.6))
+  for model in sorted({r["model"] for r in rows}):
+    pts = sorted((r["eps_255"], r["sr_psnr"]) for r in rows if r["model"] == model)
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=model)
+  ax.set_xscale("log", base=2)
+  ticks = sorted({r["eps_255"] for r in rows})
+  ax.set_xticks(ticks)
+  ax.set_xticklabels([f"{t:g}" for t in ticks])
+  ax.set_xlabel("eps (/255)")
+  ax.set_ylabel(_SR_LABEL, fontsize=8)
+  ax.set_title(f"{attack} on {dataset}")
+  ax.grid(True, alpha=0.3)
+  ax.legend(fontsize=8)
+  return _save(fig, path)
+
+
+def plot_lr_vs_sr_psnr(rows, path, dataset, attack):
+  """Per-image LR-PSNR (x) vs SR-PSNR (y), colour = model, all eps (paper Fig. 5a, b)."""
+  rows = [r for r in rows if r["kind"] == "attack" and r["dataset"] == dataset
+          and r["attack"] == attack and r.get("lr_psnr") is not None
+          and r.get("sr_psnr") is not None]
+  if not rows:
+    return None
+  fig, ax = plt.subplots(figsize=(5, 4))
+  for model in sorted({r["model"] for r in rows}):
+    mine = [r for r in rows if r["model"] == model]
+    ax.scatter([r["lr_psnr"] for r in mine], [r["sr_psnr"] for r in mine], s=14, alpha=0.7,
+               label=model)
+  lo = min(min(r["lr_psnr"] for r in rows), min(r["sr_psnr"] for r in rows))
+  hi = max(max(r["lr_psnr"] for r in rows), max(r["sr_psnr"] for r in rows))
+  ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--")  # SR as damaged as LR
+  ax.set_xlabel(_LR_LABEL, fontsize=8)
+  ax.set_ylabel(_SR_LABEL, fontsize=8)
+  ax.set_title(f"{attack} on {dataset}")
+  ax.grid(True, alpha=0.3)
+  ax.legend(fontsize=8)
+  return _save(fig, path)
+
+
+def plot_clever_vs_sr_psnr(rows, path, dataset, attack, eps_255):
+  """Per-image CLEVER (x) vs SR-PSNR at one eps (y), colour = model (paper Fig. 5c)."""
+  score = {(r["model"], r["image"]): r["clever"] for r in rows
+           if r["kind"] == "clever" and r["dataset"] == dataset and r.get("clever") is not None}
+  pts = {}
+  for r in rows:
+    if (r["kind"] == "attack" and r["dataset"] == dataset and r["attack"] == attack
+        and r.get("eps_255") == eps_255 and r.get("sr_psnr") is not None
+        and (r["model"], r["image"]) in score):
+      pts.setdefault(r["model"], []).append((score[(r["model"], r["image"])], r["sr_psnr"]))
+  if not pts:
+    return None
+  fig, ax = plt.subplots(figsize=(5, 4))
+  for model, p in sorted(pts.items()):
+    ax.scatter([q[0] for q in p], [q[1] for q in p], s=14, alpha=0.7, label=model)
+  ax.set_xscale("log")
+  ax.set_xlabel("CLEVER: max_j ||grad ||S(x+D_j) - S(x)||_2||_1")
+  ax.set_ylabel(_SR_LABEL, fontsize=8)
+  ax.set_title(f"{attack} {eps_255:g}/255 on {dataset}")
+  ax.grid(True, alpha=0.3)
+  ax.legend(fontsize=8)
+  return _save(fig, path)
+
+
+def _show(ax, img, title):
+  ax.imshow(np.clip(img, 0.0, 1.0) if img.dtype != np.uint8 else img)
+  ax.set_title(title, fontsize=8)
+  ax.axis("off")
+
+
+def plot_example(example, path, title=None):
+  """Clean / attacked LR and SR side by side (paper Fig. 3).
+
+  Args:
+    example: path of an ``examples/*.npz`` (or its loaded dict): lr, lr_adv,
+      sr, sr_adv float [0,1], hr uint8, eps_255, attack.
+  """
+  ex = dict(np.load(example)) if isinstance(example, str) else example
+  eps = float(ex["eps_255"])
+  pert = ex["lr_adv"] - ex["lr"]
+  fig, axes = plt.subplots(1, 6, figsize=(15, 3))
+  _show(axes[0], ex["lr"], "LR x")
+  _show(axes[1], ex["lr_adv"], f"attacked LR x~ ({eps:g}/255)")
+  _show(axes[2], 0.5 + pert / (2 * max(eps / 255.0, 1e-12)), "x~ - x (scaled to +-eps)")
+  _show(axes[3], ex["sr"], "S(x)")
+  _show(axes[4], ex["sr_adv"], "S(x~)")
+  _show(axes[5], ex["hr"], "HR")
+  if title:
+    fig.suptitle(title, fontsize=9)
+  return _save(fig, path)
+
+
+def plot_features(example, path, title=None):
+  """Mean feature map (over channels) and histogram of features, clean vs attacked (paper Fig. 4).
+
+  Returns:
+    path, or None when the example has no features.
+  """
+  ex = dict(np.load(example)) if isinstance(example, str) else example
+  if "phi_mean" not in ex:
+    return None
+  fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), constrained_layout=True)
+  vmin = float(min(ex["phi_mean"].min(), ex["phi_adv_mean"].min()))
+  vmax = float(max(ex["phi_mean"].max(), ex["phi_adv_mean"].max()))
+  for ax, key, name in ((axes[0], "phi_mean", "clean"), (axes[1], "phi_adv_mean", "attacked")):
+    im = ax.imshow(ex[key], cmap="viridis", vmin=vmin, vmax=vmax)
+    ax.set_title(f"mean feature map, {name}", fontsize=8)
+    ax.axis("off")
+  fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.02)
+  edges = ex["hist_edges"]
+  centers = 0.5 * (edges[1:] + edges[:-1])
+  width = edges[1] - edges[0]
+  axes[2].bar(centers, ex["hist_clean"], width=width, alpha=0.6, label="clean")
+  axes[2].bar(centers, ex["hist_adv"], width=width, alpha=0.6, label="attacked")
+  axes[2].set_yscale("log")
+  axes[2].set_xlabel("feature value")
+  axes[2].set_ylabel("count")
+  axes[2].legend(fontsize=8)
+  if title:
+    fig.suptitle(title, fontsize=9)
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def _pick_eps(values, preferred=8.0):
+  """The eps closest to ``preferred`` (/255) among ``values``."""
+  return min(values, key=lambda v: (abs(np.log2(v / preferred)) if v > 0 else 1e9, v))
+
+
+def make_plots(report_dir, example_eps_255=None):
+  """All figures of an evaluation report into ``report_dir/plots``.
+
+  Args:
+    report_dir: directory written by ``evaluation.evaluate``.
+    example_eps_255: eps (/255) of the example figures; default the one
+      closest to 8/255 among the examples (the CLEVER scatter likewise).
+
+  Returns:
+    list of the .png paths written.
+  """
+  from tfsr_defense import evaluation  # pylint: disable=g-import-not-at-top
+  rows = evaluation.read_rows(report_dir)
+  summary_path = os.path.join(report_dir, evaluation.SUMMARY_FILE)
+  if os.path.isfile(summary_path):
+    with open(summary_path, encoding="utf-8") as f:
+      summary = json.load(f)["summary"]
+  else:
+    summary = evaluation.summarize(rows)
+  out_dir = os.path.join(report_dir, PLOTS_DIR)
+  written = []
+  combos = sorted({(r["dataset"], r["attack"]) for r in rows if r["kind"] == "attack"})
+  for dataset, attack in combos:
+    written.append(plot_sr_psnr_vs_eps(
+        summary, os.path.join(out_dir, f"sr_psnr_vs_eps__{dataset}__{attack}.png"), dataset,
+        attack))
+    written.append(plot_lr_vs_sr_psnr(
+        rows, os.path.join(out_dir, f"lr_vs_sr_psnr__{dataset}__{attack}.png"), dataset, attack))
+    eps_values = sorted({r["eps_255"] for r in rows if r["kind"] == "attack"
+                         and r["dataset"] == dataset and r["attack"] == attack})
+    if eps_values:
+      e = _pick_eps(eps_values) if example_eps_255 is None else example_eps_255
+      written.append(plot_clever_vs_sr_psnr(
+          rows, os.path.join(out_dir, f"clever_vs_sr_psnr__{dataset}__{attack}__{e:g}.png"),
+          dataset, attack, e))
+  examples = sorted(glob.glob(os.path.join(report_dir, evaluation.EXAMPLES_DIR, "*.npz")))
+  groups = {}
+  for p in examples:
+    stem, eps_part = os.path.basename(p)[:-4].rsplit("__", 1)
+    groups.setdefault(stem, []).append((float(eps_part), p))
+  for stem, items in sorted(groups.items()):
+    e = _pick_eps([i[0] for i in items]) if example_eps_255 is None else example_eps_255
+    match = [p for v, p in items if v == e]
+    if not match:
+      continue
+    title = f"{stem.replace('__', ' / ')} at {e:g}/255"
+    written.append(plot_example(match[0], os.path.join(out_dir, f"example__{stem}__{e:g}.png"),
+                                title))
+    written.append(plot_features(match[0], os.path.join(out_dir, f"features__{stem}__{e:g}.png"),
+                                 title))
+  return [p for p in written if p]
