@@ -1,0 +1,59 @@
+"""MSRN (Li et al., "Multi-scale Residual Network for Image Super-Resolution",
+ECCV 2018), after the official PyTorch code (MIVRC/MSRN-PyTorch, EDSR framework).
+
+3x3 head conv, 8 multi-scale residual blocks (3x3 and 5x5 branches), the
+concatenation of the 8 block outputs and the head output (9 x 64 channels) ->
+1x1 conv -> 3x3 conv, EDSR's sub-pixel upsampler (x4: 2 x [conv 64->256,
+shuffle 2], no activation), a 3x3 conv to RGB, DIV2K mean shift: 6,078,019
+parameters at x4. Works on [0, 255] pixels inside (L1, lambda = 1 in Choi et
+al. 2020); the regularizer sits on the output of the 3x3 conv before the
+upsampler.
+"""
+
+import tensorflow as tf
+
+from tfsr_defense.layers.blocks import MSRB, MeanShift, Upsampler, conv2d
+from tfsr_defense.models import registry
+
+__all__ = ["build_msrn"]
+
+
+def build_msrn(scale=4, regularizer=None, n_blocks=8, n_feats=64, name="msrn"):
+  """MSRN functional model: float32 [0,1] (N, H, W, 3) -> float32 [0,1] (N, sH, sW, 3).
+
+  Args:
+    scale: 2, 3 or 4.
+    regularizer: EntropyRegularizer kwargs, or None for the plain network.
+    n_blocks, n_feats: 8 and 64 in MSRN (smaller values for tests).
+    name: Keras model name.
+
+  Returns:
+    tf.keras.Model; output not clipped; tail and output float32 under a mixed policy.
+
+  Raises:
+    ValueError: a scale that is neither 3 nor a power of 2.
+  """
+  inputs = tf.keras.Input((None, None, 3), name="lr")
+  x = tf.keras.layers.Rescaling(255.0, name="to_native")(inputs)
+  x = MeanShift(sign=-1, name="sub_mean")(x)
+  head = conv2d(n_feats, 3, name="head")(x)
+  x = head
+  outs = []
+  for i in range(n_blocks):
+    x = MSRB(n_feats, name=f"msrb{i}")(x)
+    outs.append(x)
+  # Official order: the block outputs, then the head output.
+  x = tf.keras.layers.Concatenate(name="hierarchical")(outs + [head])
+  x = conv2d(n_feats, 1, name="fusion")(x)
+  x = conv2d(n_feats, 3, name="body_conv")(x)
+  x = registry.regularized_features(x, regularizer)
+  x = Upsampler(scale, n_feats, name="upsampler")(x)
+  x = conv2d(3, 3, name="tail", dtype="float32")(x)
+  x = MeanShift(sign=1, name="add_mean", dtype="float32")(x)
+  outputs = tf.keras.layers.Rescaling(1.0 / 255.0, name="sr", dtype="float32")(x)
+  return tf.keras.Model(inputs, outputs, name=name)
+
+
+registry.register(registry.ModelSpec(
+    name="msrn", builder=build_msrn, pixel_range=(0.0, 255.0), loss="l1", entropy_weight=1.0,
+    description="MSRN: 8 multi-scale residual blocks, 64 ch (6,078,019 params at x4)"))

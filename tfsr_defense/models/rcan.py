@@ -1,0 +1,56 @@
+"""RCAN (Zhang et al., "Image Super-Resolution Using Very Deep Residual Channel
+Attention Networks", ECCV 2018), after the official PyTorch code.
+
+10 residual groups x 20 residual channel attention blocks (RCAB), 64 channels,
+channel attention 64 -> 4 -> 64 (reduction 16), a conv and the long skip
+connection after the groups, DIV2K mean shift, EDSR's sub-pixel upsampler
+(x4: 2 x [conv 64->256, shuffle 2]) and a 3x3 conv to RGB: 15,592,355
+parameters at x4. Works on [0, 255] pixels inside (L1, lambda = 1 in Choi et
+al. 2020); the regularizer sits on the body output after the long skip.
+"""
+
+import tensorflow as tf
+
+from tfsr_defense.layers.blocks import MeanShift, ResidualGroup, Upsampler, conv2d
+from tfsr_defense.models import registry
+
+__all__ = ["build_rcan"]
+
+
+def build_rcan(scale=4, regularizer=None, n_groups=10, n_blocks=20, n_feats=64, reduction=16,
+               res_scale=1.0, name="rcan"):
+  """RCAN functional model: float32 [0,1] (N, H, W, 3) -> float32 [0,1] (N, sH, sW, 3).
+
+  Args:
+    scale: 2, 3 or 4.
+    regularizer: EntropyRegularizer kwargs, or None for the plain network.
+    n_groups, n_blocks, n_feats, reduction, res_scale: 10, 20, 64, 16, 1.0 in
+      RCAN (smaller values for tests).
+    name: Keras model name.
+
+  Returns:
+    tf.keras.Model; output not clipped; tail and output float32 under a mixed policy.
+
+  Raises:
+    ValueError: bad scale; n_feats not divisible by reduction.
+  """
+  inputs = tf.keras.Input((None, None, 3), name="lr")
+  x = tf.keras.layers.Rescaling(255.0, name="to_native")(inputs)
+  x = MeanShift(sign=-1, name="sub_mean")(x)
+  head = conv2d(n_feats, 3, name="head")(x)
+  x = head
+  for i in range(n_groups):
+    x = ResidualGroup(n_blocks, n_feats, 3, reduction, res_scale, name=f"group{i}")(x)
+  x = conv2d(n_feats, 3, name="body_conv")(x)
+  x = tf.keras.layers.Add(name="body_skip")([x, head])
+  x = registry.regularized_features(x, regularizer)
+  x = Upsampler(scale, n_feats, name="upsampler")(x)
+  x = conv2d(3, 3, name="tail", dtype="float32")(x)
+  x = MeanShift(sign=1, name="add_mean", dtype="float32")(x)
+  outputs = tf.keras.layers.Rescaling(1.0 / 255.0, name="sr", dtype="float32")(x)
+  return tf.keras.Model(inputs, outputs, name=name)
+
+
+registry.register(registry.ModelSpec(
+    name="rcan", builder=build_rcan, pixel_range=(0.0, 255.0), loss="l1", entropy_weight=1.0,
+    description="RCAN: 10 groups x 20 RCAB, 64 ch (15,592,355 params at x4)"))
