@@ -158,3 +158,19 @@ def test_save_reload_keras_and_savedmodel(tmp_path):
   tf.saved_model.save(model, str(tmp_path / "sm"))
   restored = tf.saved_model.load(str(tmp_path / "sm"))
   np.testing.assert_array_equal(restored(x, training=False).numpy(), model(x).numpy())
+
+  model.save(tmp_path / "keras_sm", save_format="tf")  # Keras' SavedModel format
+  loaded_tf = tf.keras.models.load_model(tmp_path / "keras_sm")
+  np.testing.assert_array_equal(loaded_tf(x).numpy(), model(x).numpy())
+
+
+def test_fit_reports_entropy_bits():
+  tf.random.set_seed(0)
+  inputs = tf.keras.Input((None, None, 3))
+  feats = EntropyRegularizer(weight=1.0)(tf.keras.layers.Conv2D(4, 3, padding="same")(inputs))
+  model = tf.keras.Model(inputs, tf.keras.layers.Conv2D(3, 3, padding="same")(feats))
+  model.compile("adam", "mae")
+  x = tf.random.uniform([4, 8, 8, 3])
+  history = model.fit(x, x, epochs=2, batch_size=2, verbose=0)
+  assert "entropy_bits" in history.history
+  assert all(np.isfinite(v) and v > 0 for v in history.history["entropy_bits"])

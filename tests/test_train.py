@@ -139,3 +139,29 @@ def test_mirrored_two_cpus_matches_single_device(tmp_path):
   proc = subprocess.run([sys.executable, "-c", _DISTRIBUTED, str(tmp_path)], capture_output=True,
                         text=True, timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+
+
+def test_srgan_two_phases_through_the_trainer(tmp_path):
+  """Phase one (SRResNet, MSE) then phase two (SRGAN) initialised from it, random VGG."""
+  quiet = lambda *_: None  # noqa: E731
+  small = dict(n_blocks=1, n_feats=8)
+  phase1 = _tiny_config(tmp_path / "srresnet", model="srresnet", steps=1, eval_data="",
+                        model_options=small)
+  trainer.train(phase1, log=quiet)
+  phase2 = _tiny_config(tmp_path / "srgan", model="srgan", steps=2, eval_data="embedded_val",
+                        init_from=phase1.run_dir, vgg_weights=None, model_options=small,
+                        patch_size=16)
+  lines = []
+  result = trainer.train(phase2, log=lines.append)
+  assert any("Generator initialised from" in l for l in lines)
+  assert result["step"] == 2 and np.isfinite(result["psnr_y"])
+  names = [n for n, _ in tf.train.list_variables(str(tmp_path / "srgan" / "ckpt"))]
+  assert any(n.startswith("discriminator/") for n in names)
+  assert any(n.startswith("d_optimizer/") for n in names)
+
+
+def test_srgan_without_vgg_weights_fails_clearly(tmp_path):
+  proc = _cli("--model=srgan", "--steps=1", f"--run_dir={tmp_path / 'r'}",
+              f"--vgg_weights={tmp_path / 'missing.h5'}")
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  assert "missing.h5" in proc.stderr and "imagenet" in proc.stderr

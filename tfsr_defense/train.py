@@ -13,7 +13,7 @@ import sys
 
 from absl import app, flags
 
-from tfsr_defense import data, models, precision, trainer
+from tfsr_defense import data, gan, models, precision, trainer
 
 FLAGS = flags.FLAGS
 _D = trainer.TrainConfig()
@@ -54,6 +54,9 @@ flags.DEFINE_integer("log_every", _D.log_every, "TensorBoard/progress update eve
 flags.DEFINE_integer("seed", _D.seed, "Random seed.")
 flags.DEFINE_string("init_from", None, "Start from the weights of a finished run directory "
                     "(or a .weights.h5 file); ignored when resuming.")
+flags.DEFINE_string("vgg_weights", _D.vgg_weights,
+                    "SRGAN content loss: path of Keras' VGG19 no-top weights .h5, or 'imagenet' "
+                    "(downloaded once where the internet is).")
 flags.DEFINE_bool("export", _D.export, "Export a SavedModel to <run_dir>/export/1 at the end.")
 
 flags.register_validator("entropy_weight", lambda v: v is None or v >= 0,
@@ -85,7 +88,7 @@ def main(argv):
       f.write("".join(FLAGS[name].serialize() + "\n" for name in sorted(dataclasses.asdict(config))
                       if name in FLAGS and FLAGS[name].value is not None))
     trainer.train(config)
-  except (ValueError, FileNotFoundError, trainer.CheckpointError) as e:
+  except (ValueError, FileNotFoundError, trainer.CheckpointError, gan.VGGWeightsError) as e:
     print(f"tfsr_defense.train: error: {e}", file=sys.stderr)
     sys.exit(2)
   except KeyboardInterrupt:

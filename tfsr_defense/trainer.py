@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 import tqdm
 
-from tfsr_defense import data, losses, metrics, models, precision, serving
+from tfsr_defense import data, gan, losses, metrics, models, precision, serving
 
 __all__ = ["TrainConfig", "CheckpointError", "train", "validate", "build_for_inference"]
 
@@ -72,6 +72,7 @@ class TrainConfig:
   seed: int = 0
   export: bool = True
   init_from: str = None          # run directory or .weights.h5 to start from (not resumed runs)
+  vgg_weights: str = "imagenet"  # SRGAN content loss: VGG19 no-top .h5 path or 'imagenet'
   model_options: dict = None     # extra builder kwargs, e.g. dict(n_resblocks=2) (library only)
 
   def validate(self):
@@ -227,9 +228,14 @@ def train(config, strategy=None, log=print):
   Returns:
     dict(step, psnr_y, ssim_y, eval_data, export_dir, seconds_per_step, precision).
 
+  SRGAN (``gan.is_gan_model``) trains adversarially (tfsr_defense/gan.py):
+  generator = the registry's network, initialised from ``init_from`` (a
+  phase-one SRResNet run), plus a discriminator and the VGG54 content loss.
+
   Raises:
     ValueError: bad configuration or data; FileNotFoundError: missing data;
-    CheckpointError: the run directory cannot be resumed.
+    CheckpointError: the run directory cannot be resumed;
+    gan.VGGWeightsError: SRGAN without available VGG19 weights.
   """
   config.validate()
   spec = models.get_spec(config.model)
@@ -262,17 +268,29 @@ def train(config, strategy=None, log=print):
     loss_scaling = policy == "mixed_float16"
     if loss_scaling:
       optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
+    gan_parts = {}
+    if gan.is_gan_model(config.model):  # SRGAN phase two: + discriminator, VGG54, its optimizer
+      d_optimizer = tf.keras.optimizers.Adam(schedule, beta_1=0.9, beta_2=0.999, epsilon=1e-8)
+      if loss_scaling:
+        d_optimizer = tf.keras.mixed_precision.LossScaleOptimizer(d_optimizer)
+      gan_parts = dict(discriminator=gan.build_discriminator(), d_optimizer=d_optimizer)
+      vgg = gan.build_vgg54(config.vgg_weights)
   # A plain (not mirrored) counter: read on the host every step.
   step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-  checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
+  checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step, **gan_parts)
 
   manager = tf.train.CheckpointManager(checkpoint, os.path.join(config.run_dir, "ckpt"),
                                        max_to_keep=3)
   if _restore(checkpoint, manager):
     log(f"Resumed from {manager.latest_checkpoint} at step {int(step)}.")
+  elif config.init_from and gan_parts:
+    log(f"Generator initialised from {gan.load_generator_weights(model, config.init_from)}.")
   elif config.init_from:
     _load_initial_weights(model, config.init_from)
     log(f"Initialised from {config.init_from}.")
+  elif gan_parts:
+    log("Warning: SRGAN without --init_from starts from a random generator; the recipe "
+        "pre-trains SRResNet first (flags/srgan_x4.cfg).")
   # Seeded with the step: a resumed run draws new patches instead of replaying.
   dataset = _train_dataset(config, train_pairs, global_batch, seed=config.seed + int(step))
   options = tf.data.Options()
@@ -296,10 +314,16 @@ def train(config, strategy=None, log=print):
     bits = reg / lam if lam > 0 else tf.constant(0.0)
     return dict(loss=loss, l_r=l_r, l_e_bits=bits, psnr_rgb=psnr)
 
-  @tf.function
-  def train_step(lr, hr):
-    out = strategy.run(step_fn, args=(lr, hr))
-    return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in out.items()}
+  if gan_parts:  # the GAN update replaces L_r + lambda L_e
+    train_step = gan.make_gan_train_step(
+        model, gan_parts["discriminator"], vgg, optimizer, gan_parts["d_optimizer"],
+        global_batch_size=global_batch, strategy=strategy)
+  else:
+    @tf.function
+    def train_step(lr, hr):
+      out = strategy.run(step_fn, args=(lr, hr))
+      return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+              for k, v in out.items()}
 
   writers = {k: tf.summary.create_file_writer(os.path.join(config.run_dir, "logs", k))
              for k in ("train", "eval")}

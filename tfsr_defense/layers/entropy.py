@@ -47,9 +47,9 @@ class EntropyRegularizer(tf.keras.layers.Layer):
     Tensor of the same shape and dtype: Phi (+ noise in training).
 
   Metrics:
-    In training the layer reports ``entropy_bits`` (L_e, bits per element,
-    before lambda) through ``add_metric``; ``last_entropy_bits`` holds the
-    latest value as a tensor for custom training loops.
+    In training the layer updates ``entropy_metric``, a Mean named
+    ``entropy_bits`` (L_e in bits per element, before lambda), which
+    ``model.fit`` shows; custom loops can read ``model.losses`` / weight.
 
   Raises:
     ValueError: on weight < 0, delta <= 0, or an input that is not rank 4
@@ -72,6 +72,9 @@ class EntropyRegularizer(tf.keras.layers.Layer):
     self.num_filters = tuple(int(f) for f in num_filters)
     self.init_scale = float(init_scale)
     self.density = None
+    # A tracked metric object (not add_metric): it saves with the model in
+    # every format.
+    self.entropy_metric = tf.keras.metrics.Mean(name="entropy_bits")
 
   def build(self, input_shape):
     input_shape = tf.TensorShape(input_shape)
@@ -132,7 +135,7 @@ class EntropyRegularizer(tf.keras.layers.Layer):
           tf.shape(inputs), -half, half, dtype=inputs.dtype)
     if self.estimate_entropy:
       bits = self.entropy_loss(outputs)
-      self.add_metric(bits, name="entropy_bits", aggregation="mean")
+      self.entropy_metric.update_state(bits)
       if self.weight > 0:
         self.add_loss(self.weight * bits)
     return outputs
