@@ -1,11 +1,13 @@
 """Choice of numeric precision and tf.distribute strategy for training and attacks."""
 
+import contextlib
 import json
 import os
 
 import tensorflow as tf
 
-__all__ = ["PRECISIONS", "STRATEGIES", "cpu_has_bf16", "resolve_precision", "make_strategy"]
+__all__ = ["PRECISIONS", "STRATEGIES", "cpu_has_bf16", "resolve_precision", "make_strategy",
+           "policy_scope"]
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
@@ -70,3 +72,14 @@ def make_strategy(name="auto", devices=None):
   if name == "mirrored":
     return tf.distribute.MirroredStrategy(devices)
   return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+@contextlib.contextmanager
+def policy_scope(name):
+  """Set the global Keras mixed-precision policy (e.g. 'mixed_bfloat16') inside, restore it after."""
+  saved = tf.keras.mixed_precision.global_policy()
+  tf.keras.mixed_precision.set_global_policy(name)
+  try:
+    yield
+  finally:
+    tf.keras.mixed_precision.set_global_policy(saved)

@@ -105,7 +105,7 @@ class TrainConfig:
 
 def build_for_inference(config):
   """The network of ``config`` under the float32 policy (for validation/export)."""
-  with _policy("float32"):
+  with precision.policy_scope("float32"):
     return _build(config)
 
 
@@ -114,20 +114,6 @@ def _build(config):
                             delta=config.delta, noise=config.noise,
                             estimate_entropy=config.estimate_entropy,
                             **(config.model_options or {}))
-
-
-class _policy:
-  """Context manager: set the global Keras mixed-precision policy, restore it after."""
-
-  def __init__(self, name):
-    self.name = name
-
-  def __enter__(self):
-    self.saved = tf.keras.mixed_precision.global_policy()
-    tf.keras.mixed_precision.set_global_policy(self.name)
-
-  def __exit__(self, *exc):
-    tf.keras.mixed_precision.set_global_policy(self.saved)
 
 
 def validate(model, pairs, scale, progress=False):
@@ -258,7 +244,7 @@ def train(config, strategy=None, log=print):
   log(f"model={config.model} x{config.scale} {regularizer} precision={policy} "
       f"replicas={replicas} batch={global_batch} patch={config.patch_size} run_dir={config.run_dir}")
 
-  with _policy(policy), strategy.scope():
+  with precision.policy_scope(policy), strategy.scope():
     model = _build(config)
     schedule = tf.keras.optimizers.schedules.ExponentialDecay(
         config.learning_rate, config.lr_decay_steps, config.lr_decay_factor, staircase=True)

@@ -21,6 +21,8 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
+from tfsr_defense import precision
+
 __all__ = ["PRECISIONS", "check_common", "as_images", "image_seeds", "sr_callable",
            "compute_model", "sr_distance", "sign_attack", "cached"]
 
@@ -145,20 +147,6 @@ def sr_callable(model):
   return lambda x: tf.cast(_single_output(call_single(model, x), "sr"), tf.float32)
 
 
-class _Policy:
-  """Set the global Keras mixed-precision policy, restore it after."""
-
-  def __init__(self, name):
-    self.name = name
-
-  def __enter__(self):
-    self.saved = tf.keras.mixed_precision.global_policy()
-    tf.keras.mixed_precision.set_global_policy(self.name)
-
-  def __exit__(self, *exc):
-    tf.keras.mixed_precision.set_global_policy(self.saved)
-
-
 def _bfloat16_clone(model):
   """Copy of a Keras model computing in bfloat16 except at its pixel ends.
 
@@ -177,7 +165,7 @@ def _bfloat16_clone(model):
     config["dtype"] = "float32" if layer.name in keep else "mixed_bfloat16"
     return layer.__class__.from_config(config)
 
-  with _Policy("mixed_bfloat16"):
+  with precision.policy_scope("mixed_bfloat16"):
     clone = tf.keras.models.clone_model(model, clone_function=clone_layer)
   return clone
 

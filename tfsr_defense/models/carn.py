@@ -24,7 +24,7 @@ biases). The regularizer sits on the last global 1x1 cascade output.
 
 import tensorflow as tf
 
-from tfsr_defense.layers.blocks import CARNUpsampler, CascadingBlock, MeanShift, conv2d
+from tfsr_defense.layers.blocks import CARNUpsampler, CascadingBlock, conv2d
 from tfsr_defense.models import registry
 
 __all__ = ["build_carn", "build_carn_m"]
@@ -52,8 +52,7 @@ def build_carn(scale=4, regularizer=None, n_blocks=3, n_units=3, n_feats=64, gro
     ValueError: bad scale; n_feats not divisible by groups; groups > 1 without efficient.
   """
   inputs = tf.keras.Input((None, None, 3), name="lr")
-  x = tf.keras.layers.Rescaling(255.0, name="to_native")(inputs)
-  x = MeanShift(sign=-1, name="sub_mean")(x)
+  x = registry.rgb255_input(inputs)
   cat = out = conv2d(n_feats, 3, name="entry")(x)
   for i in range(n_blocks):
     block = CascadingBlock(n_feats, n_units, groups, efficient, shared, name=f"block{i}")(out)
@@ -61,9 +60,7 @@ def build_carn(scale=4, regularizer=None, n_blocks=3, n_units=3, n_feats=64, gro
     out = conv2d(n_feats, 1, name=f"cascade{i}", activation="relu")(cat)
   x = registry.regularized_features(out, regularizer)
   x = CARNUpsampler(scale, n_feats, groups, name="upsampler")(x)
-  x = conv2d(3, 3, name="exit", dtype="float32")(x)
-  x = MeanShift(sign=1, name="add_mean", dtype="float32")(x)
-  outputs = tf.keras.layers.Rescaling(1.0 / 255.0, name="sr", dtype="float32")(x)
+  outputs = registry.rgb255_output(x, tail_name="exit")
   return tf.keras.Model(inputs, outputs, name=name)
 
 

@@ -8,7 +8,7 @@ long skip connection, before the upsampler (Choi et al. 2020, sec. 5).
 
 import tensorflow as tf
 
-from tfsr_defense.layers.blocks import MeanShift, ResBlock, Upsampler, conv2d
+from tfsr_defense.layers.blocks import ResBlock, Upsampler, conv2d
 from tfsr_defense.models import registry
 
 __all__ = ["build_edsr"]
@@ -25,8 +25,7 @@ def build_edsr(scale=4, regularizer=None, n_resblocks=16, n_feats=64, res_scale=
       (32, 256, 0.1 for the full EDSR).
   """
   inputs = tf.keras.Input((None, None, 3), name="lr")
-  x = tf.keras.layers.Rescaling(255.0, name="to_native")(inputs)
-  x = MeanShift(sign=-1, name="sub_mean")(x)
+  x = registry.rgb255_input(inputs)
   head = conv2d(n_feats, 3, name="head")(x)
   x = head
   for i in range(n_resblocks):
@@ -35,11 +34,7 @@ def build_edsr(scale=4, regularizer=None, n_resblocks=16, n_feats=64, res_scale=
   x = tf.keras.layers.Add(name="body_skip")([x, head])
   x = registry.regularized_features(x, regularizer)
   x = Upsampler(scale, n_feats, name="upsampler")(x)
-  # Output layers in float32 even under a mixed policy: bf16 cannot hold
-  # [0,255] pixels to better than ~1 grey level.
-  x = conv2d(3, 3, name="tail", dtype="float32")(x)
-  x = MeanShift(sign=1, name="add_mean", dtype="float32")(x)
-  outputs = tf.keras.layers.Rescaling(1.0 / 255.0, name="sr", dtype="float32")(x)
+  outputs = registry.rgb255_output(x)
   return tf.keras.Model(inputs, outputs, name=name)
 
 

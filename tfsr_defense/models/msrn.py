@@ -12,7 +12,7 @@ upsampler.
 
 import tensorflow as tf
 
-from tfsr_defense.layers.blocks import MSRB, MeanShift, Upsampler, conv2d
+from tfsr_defense.layers.blocks import MSRB, Upsampler, conv2d
 from tfsr_defense.models import registry
 
 __all__ = ["build_msrn"]
@@ -34,8 +34,7 @@ def build_msrn(scale=4, regularizer=None, n_blocks=8, n_feats=64, name="msrn"):
     ValueError: a scale that is neither 3 nor a power of 2.
   """
   inputs = tf.keras.Input((None, None, 3), name="lr")
-  x = tf.keras.layers.Rescaling(255.0, name="to_native")(inputs)
-  x = MeanShift(sign=-1, name="sub_mean")(x)
+  x = registry.rgb255_input(inputs)
   head = conv2d(n_feats, 3, name="head")(x)
   x = head
   outs = []
@@ -48,9 +47,7 @@ def build_msrn(scale=4, regularizer=None, n_blocks=8, n_feats=64, name="msrn"):
   x = conv2d(n_feats, 3, name="body_conv")(x)
   x = registry.regularized_features(x, regularizer)
   x = Upsampler(scale, n_feats, name="upsampler")(x)
-  x = conv2d(3, 3, name="tail", dtype="float32")(x)
-  x = MeanShift(sign=1, name="add_mean", dtype="float32")(x)
-  outputs = tf.keras.layers.Rescaling(1.0 / 255.0, name="sr", dtype="float32")(x)
+  outputs = registry.rgb255_output(x)
   return tf.keras.Model(inputs, outputs, name=name)
 
 

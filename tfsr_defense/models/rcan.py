@@ -11,7 +11,7 @@ al. 2020); the regularizer sits on the body output after the long skip.
 
 import tensorflow as tf
 
-from tfsr_defense.layers.blocks import MeanShift, ResidualGroup, Upsampler, conv2d
+from tfsr_defense.layers.blocks import ResidualGroup, Upsampler, conv2d
 from tfsr_defense.models import registry
 
 __all__ = ["build_rcan"]
@@ -35,8 +35,7 @@ def build_rcan(scale=4, regularizer=None, n_groups=10, n_blocks=20, n_feats=64, 
     ValueError: bad scale; n_feats not divisible by reduction.
   """
   inputs = tf.keras.Input((None, None, 3), name="lr")
-  x = tf.keras.layers.Rescaling(255.0, name="to_native")(inputs)
-  x = MeanShift(sign=-1, name="sub_mean")(x)
+  x = registry.rgb255_input(inputs)
   head = conv2d(n_feats, 3, name="head")(x)
   x = head
   for i in range(n_groups):
@@ -45,9 +44,7 @@ def build_rcan(scale=4, regularizer=None, n_groups=10, n_blocks=20, n_feats=64, 
   x = tf.keras.layers.Add(name="body_skip")([x, head])
   x = registry.regularized_features(x, regularizer)
   x = Upsampler(scale, n_feats, name="upsampler")(x)
-  x = conv2d(3, 3, name="tail", dtype="float32")(x)
-  x = MeanShift(sign=1, name="add_mean", dtype="float32")(x)
-  outputs = tf.keras.layers.Rescaling(1.0 / 255.0, name="sr", dtype="float32")(x)
+  outputs = registry.rgb255_output(x)
   return tf.keras.Model(inputs, outputs, name=name)
 
 

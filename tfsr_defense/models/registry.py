@@ -5,10 +5,12 @@ from typing import Callable, Tuple
 
 import tensorflow as tf
 
+from tfsr_defense.layers.blocks import MeanShift, conv2d
 from tfsr_defense.layers.entropy import EntropyRegularizer
 
 __all__ = ["ModelSpec", "register", "get_spec", "known_models", "build_model",
-           "FEATURES", "regularized_features", "feature_model", "find_regularizer"]
+           "FEATURES", "regularized_features", "feature_model", "find_regularizer",
+           "rgb255_input", "rgb255_output"]
 
 # Name of the layer whose output is the regularized feature map (FDA, plots).
 FEATURES = "features"
@@ -100,6 +102,23 @@ def regularized_features(x, regularizer):
   if regularizer is None:
     return tf.keras.layers.Activation("linear", name=FEATURES)(x)
   return EntropyRegularizer(name=FEATURES, **regularizer)(x)
+
+
+def rgb255_input(inputs):
+  """[0,1] RGB -> [0,255] minus the DIV2K mean (EDSR, RCAN, MSRN, CARN heads)."""
+  x = tf.keras.layers.Rescaling(255.0, name="to_native")(inputs)
+  return MeanShift(sign=-1, name="sub_mean")(x)
+
+
+def rgb255_output(x, tail_name="tail"):
+  """Last 3x3 conv to RGB, + DIV2K mean, back to [0,1]; all in float32.
+
+  Float32 even under a mixed policy: bf16 cannot hold [0,255] pixels to
+  better than ~1 grey level.
+  """
+  x = conv2d(3, 3, name=tail_name, dtype="float32")(x)
+  x = MeanShift(sign=1, name="add_mean", dtype="float32")(x)
+  return tf.keras.layers.Rescaling(1.0 / 255.0, name="sr", dtype="float32")(x)
 
 
 def find_regularizer(model):
