@@ -66,6 +66,8 @@ def test_cli_trains_exports_and_resumes(tmp_path):
     (["--patch_size=0"], "patch_size must be >= 1"),
     (["--precision=fp8"], "precision"),
     (["--train_data=t91", "--data_dir=/nonexistent/dir"], "does not exist: /nonexistent/dir"),
+    (["--lr_boundaries=10", "--lr_values=1e-4"], "one more entry"),
+    (["--lr_boundaries=ten", "--lr_values=1e-4,1e-5"], "lr_boundaries takes integers"),
 ])
 def test_cli_bad_input_one_clear_error(tmp_path, args, message):
   proc = _cli(f"--run_dir={tmp_path / 'r'}", "--steps=1", *args)
@@ -87,6 +89,17 @@ def test_corrupt_and_incompatible_checkpoints(tmp_path):
   data_file.write_bytes(b"\0" * 64)
   with pytest.raises(trainer.CheckpointError, match="ckpt-2"):
     trainer.train(_tiny_config(run_dir, steps=3, eval_data=""), log=lambda *_: None)
+
+
+def test_learning_rate_schedules():
+  piecewise = trainer._learning_rate_schedule(trainer.TrainConfig(
+      lr_boundaries=[1000, 1300], lr_values=[4e-4, 2e-4, 1e-4]))
+  assert [float(piecewise(s)) for s in (0, 1000, 1001, 1300, 1301)] == pytest.approx(
+      [4e-4, 4e-4, 2e-4, 2e-4, 1e-4])
+  halving = trainer._learning_rate_schedule(trainer.TrainConfig(
+      learning_rate=1e-4, lr_decay_steps=200000, lr_decay_factor=0.5))
+  assert [float(halving(s)) for s in (0, 199999, 200000, 400000)] == pytest.approx(
+      [1e-4, 1e-4, 5e-5, 2.5e-5])
 
 
 def test_config_validation():

@@ -41,6 +41,9 @@ flags.DEFINE_integer("steps", _D.steps, "Total training steps.")
 flags.DEFINE_float("learning_rate", _D.learning_rate, "Initial Adam learning rate.")
 flags.DEFINE_integer("lr_decay_steps", _D.lr_decay_steps, "Halve (x lr_decay_factor) every N steps.")
 flags.DEFINE_float("lr_decay_factor", _D.lr_decay_factor, "Learning-rate decay factor.")
+flags.DEFINE_list("lr_boundaries", None, "Piecewise-constant learning rate: the steps where it "
+                  "changes (overrides --learning_rate and the decay flags).")
+flags.DEFINE_list("lr_values", None, "The len(--lr_boundaries) + 1 learning rates.")
 flags.DEFINE_float("clip_norm", _D.clip_norm, "Global gradient-norm clip (0: none; CARN: 10).")
 flags.DEFINE_enum("precision", _D.precision, precision.PRECISIONS,
                   "auto: bf16 on AMX/AVX512-BF16 CPUs, fp16 (loss scaling) on GPUs, else float32.")
@@ -72,6 +75,12 @@ def config_from_flags():
   """TrainConfig from the parsed flags (the only place that reads FLAGS)."""
   fields = {f.name for f in dataclasses.fields(trainer.TrainConfig)}
   values = {name: FLAGS[name].value for name in fields if name in FLAGS}
+  if values["lr_boundaries"]:
+    try:
+      values["lr_boundaries"] = [int(b) for b in values["lr_boundaries"]]
+      values["lr_values"] = [float(v) for v in values["lr_values"] or []]
+    except ValueError as e:
+      raise ValueError(f"--lr_boundaries takes integers, --lr_values numbers: {e}") from None
   if values["run_dir"] is None:
     values["run_dir"] = os.path.join("runs", f"{FLAGS.model}_x{FLAGS.scale}")
   return trainer.TrainConfig(**values)
@@ -80,8 +89,8 @@ def config_from_flags():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  config = config_from_flags()
   try:
+    config = config_from_flags()
     config.validate()
     os.makedirs(config.run_dir, exist_ok=True)
     with open(os.path.join(config.run_dir, "flags.txt"), "w", encoding="utf-8") as f:

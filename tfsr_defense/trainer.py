@@ -62,6 +62,8 @@ class TrainConfig:
   learning_rate: float = 1e-4
   lr_decay_steps: int = 200000
   lr_decay_factor: float = 0.5
+  lr_boundaries: list = None     # piecewise-constant schedule instead: steps where lr changes,
+  lr_values: list = None         # ... and the len(lr_boundaries) + 1 learning rates
   clip_norm: float = 0.0
   precision: str = "auto"
   strategy: str = "auto"
@@ -88,6 +90,8 @@ class TrainConfig:
         (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
         (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
         (self.clip_norm >= 0, f"clip_norm must be >= 0, got {self.clip_norm}"),
+        (not self.lr_boundaries or len(self.lr_values or []) == len(self.lr_boundaries) + 1,
+         "lr_values needs exactly one more entry than lr_boundaries"),
         (self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}"),
     ]
     for ok, message in checks:
@@ -136,6 +140,15 @@ def validate(model, pairs, scale, progress=False):
                      ssim_y=float(metrics.ssim(sr, hr, "y", shave=scale)[0])))
   return dict(psnr_y=float(np.mean([r["psnr_y"] for r in rows])),
               ssim_y=float(np.mean([r["ssim_y"] for r in rows])), per_image=rows)
+
+
+def _learning_rate_schedule(config):
+  """Piecewise-constant if lr_boundaries is set, else lr x factor^floor(step / decay_steps)."""
+  if config.lr_boundaries:
+    return tf.keras.optimizers.schedules.PiecewiseConstantDecay(
+        [int(b) for b in config.lr_boundaries], [float(v) for v in config.lr_values])
+  return tf.keras.optimizers.schedules.ExponentialDecay(
+      config.learning_rate, config.lr_decay_steps, config.lr_decay_factor, staircase=True)
 
 
 def _load_train_pairs(config):
@@ -246,8 +259,7 @@ def train(config, strategy=None, log=print):
 
   with precision.policy_scope(policy), strategy.scope():
     model = _build(config)
-    schedule = tf.keras.optimizers.schedules.ExponentialDecay(
-        config.learning_rate, config.lr_decay_steps, config.lr_decay_factor, staircase=True)
+    schedule = _learning_rate_schedule(config)
     optimizer = tf.keras.optimizers.Adam(
         schedule, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
         global_clipnorm=config.clip_norm or None)
