@@ -188,17 +188,24 @@ def _check_run_dir(config):
     json.dump(current, f, indent=2, sort_keys=True)
 
 
-def _load_initial_weights(model, init_from):
-  path = init_from
+def _load_initial_weights(model, config):
+  """Copy weights from config.init_from (run directory or .weights.h5) into model.
+
+  Loaded into a plain float32 copy first: Keras cannot load a weights file
+  straight into a tf.distribute model holding sync-on-read metric variables.
+  """
+  path = config.init_from
   if os.path.isdir(path):
     path = os.path.join(path, "model.weights.h5")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"--init_from: no weights file {path} (give a finished run "
                             "directory or a .weights.h5 file).")
+  source = build_for_inference(config)
   try:
-    model.load_weights(path)
+    source.load_weights(path)
   except Exception as e:  # pylint: disable=broad-except
     raise CheckpointError(f"Cannot initialise {model.name} from {path}: {e}") from e
+  model.set_weights(source.get_weights())
 
 
 def _restore(checkpoint, manager):
@@ -284,7 +291,7 @@ def train(config, strategy=None, log=print):
   elif config.init_from and gan_parts:
     log(f"Generator initialised from {gan.load_generator_weights(model, config.init_from)}.")
   elif config.init_from:
-    _load_initial_weights(model, config.init_from)
+    _load_initial_weights(model, config)
     log(f"Initialised from {config.init_from}.")
   elif gan_parts:
     log("Warning: SRGAN without --init_from starts from a random generator; the recipe "
