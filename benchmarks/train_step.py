@@ -5,6 +5,10 @@ float32 vs mixed_bfloat16, on this machine.
 
 Prints one line per (model, regularizer, precision) and the machine; compare the
 figures as ratios within one run (shared machines vary by up to 40 %).
+``srgan`` times the phase-two GAN step (generator + discriminator + VGG19
+conv5_4 content loss; VGG randomly initialised, which costs the same as the
+ImageNet weights); every other name (``srresnet`` = SRGAN's phase one included)
+times a reconstruction-loss step.
 """
 
 import platform
@@ -14,7 +18,7 @@ import time
 from absl import app, flags
 import tensorflow as tf
 
-from tfsr_defense import losses, models, precision
+from tfsr_defense import gan, losses, models, precision
 
 flags.DEFINE_list("models", ["edsr"], "Registered networks to time.")
 flags.DEFINE_list("precisions", ["float32", "mixed_bfloat16"], "Keras policies to time.")
@@ -26,7 +30,7 @@ FLAGS = flags.FLAGS
 
 
 def time_train_step(name, lam, policy, batch, patch, scale, steps):
-  """Mean seconds of one Adam step (forward, L_r + lambda L_e, backward, update)."""
+  """Mean seconds of one Adam step (forward, L_r + lambda L_e, backward, update; GAN: G and D)."""
   tf.keras.mixed_precision.set_global_policy(policy)
   spec = models.get_spec(name)
   model = models.build_model(name, scale, entropy_weight=lam)
@@ -34,8 +38,7 @@ def time_train_step(name, lam, policy, batch, patch, scale, steps):
   lr = tf.random.uniform([batch, patch, patch, 3])
   hr = tf.random.uniform([batch, patch * scale, patch * scale, 3])
 
-  @tf.function
-  def step():
+  def reconstruction_step():
     with tf.GradientTape() as tape:
       sr = model(lr, training=True)
       loss = tf.reduce_mean(losses.reconstruction_loss(sr, hr, spec.loss, spec.pixel_range))
@@ -44,6 +47,15 @@ def time_train_step(name, lam, policy, batch, patch, scale, steps):
     grads = tape.gradient(loss, model.trainable_variables)
     opt.apply_gradients(zip(grads, model.trainable_variables))
     return loss
+
+  if gan.is_gan_model(name):
+    gan_step = gan.make_gan_train_step(model, gan.build_discriminator(), gan.build_vgg54(None),
+                                       opt, tf.keras.optimizers.Adam(1e-4))
+
+    def step():
+      return gan_step(lr, hr)["loss"]
+  else:
+    step = tf.function(reconstruction_step)
 
   for _ in range(2):
     step().numpy()

@@ -9,6 +9,7 @@ defined in one process.
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -136,6 +137,13 @@ def test_load_sr_model(run_dir, tmp_path):
   raw = attacks.fda.attack(None, x, eps=4 / 255, steps=1, features=loaded.signatures["features"])
   wrapped = attacks.fda.attack(m, x, eps=4 / 255, steps=1)
   np.testing.assert_allclose(raw.numpy(), wrapped.numpy(), atol=1e-6)
+  # TF Serving layout <name>/<version>/: the highest version with a SavedModel, named <name>.
+  serving_dir = tmp_path / "served_edsr"
+  shutil.copytree(run_dir / "export" / "1", serving_dir / "7")
+  (serving_dir / "12").mkdir()  # no saved_model.pb: not a version
+  m3 = evaluation.load_sr_model(str(serving_dir))
+  assert m3.name == "served_edsr" and m3.source.endswith(os.path.join("served_edsr", "7"))
+  np.testing.assert_allclose(m(x).numpy(), m3(x).numpy())
   with pytest.raises(FileNotFoundError, match="Model path not found"):
     evaluation.load_sr_model(str(tmp_path / "missing"))
   with pytest.raises(FileNotFoundError, match="No SavedModel"):
@@ -188,6 +196,33 @@ def test_keras_model_and_synthetic_pairs(tmp_path):
   rows = evaluation.read_rows(tmp_path)
   assert {r["kind"] for r in rows} == {"clean", "attack"}
   assert all(r["model"] == "keras_tiny" and r["scale"] == 2 for r in rows)
+
+
+def test_two_commands_one_report_image_major(tmp_path):
+  """Images outer, models inner; settings stated from the rows of every command."""
+  tf.keras.utils.set_random_seed(4)
+  nets = {name: models.build_model("edsr", 2, entropy_weight=0, n_resblocks=1, n_feats=8)
+          for name in ("net_a", "net_b")}
+  rng = np.random.default_rng(1)
+  pairs = []
+  for i in range(2):
+    lr = (rng.uniform(size=(12, 12, 3)) * 255).astype(np.uint8)
+    pairs.append(data.ImagePair(f"img{i}", lr, np.repeat(np.repeat(lr, 2, 0), 2, 1)))
+  # First command: clean + CLEVER only -> no attack table in the Markdown.
+  evaluation.evaluate(nets, {"noise": pairs}, str(tmp_path), attacks=[], clever=True,
+                      clever_samples=4, clever_batch=2, plots=False)
+  md = (tmp_path / evaluation.MARKDOWN_FILE).read_text()
+  assert "## Attacks" not in md and "clever_samples=4" in md
+  rows = evaluation.read_rows(tmp_path)
+  assert [(r["image"], r["model"]) for r in rows if r["kind"] == "clean"] == [
+      ("img0", "net_a"), ("img0", "net_b"), ("img1", "net_a"), ("img1", "net_b")]
+  # Second command without CLEVER into the same directory keeps stating N_s = 4.
+  evaluation.evaluate(nets, {"noise": pairs}, str(tmp_path), attacks=["ifgsm"], eps=[2 / 255],
+                      steps=3, plots=False)
+  md = (tmp_path / evaluation.MARKDOWN_FILE).read_text()
+  assert "clever_samples=4" in md and "steps=3" in md and "## Attacks" in md
+  settings = json.loads((tmp_path / evaluation.SUMMARY_FILE).read_text())["settings"]
+  assert settings["clever_samples"] == 4 and settings["steps"] == 3
 
 
 def test_cli_bad_input_exits_2(tmp_path):

@@ -151,9 +151,15 @@ def _savedmodel_dir(path):
   export = os.path.join(path, "export", "1")
   if os.path.isfile(os.path.join(export, "saved_model.pb")):
     return export
+  # TF Serving's layout <model>/<version>/: like the server, take the highest version.
+  versions = [int(v) for v in os.listdir(path) if v.isdigit()
+              and os.path.isfile(os.path.join(path, v, "saved_model.pb"))]
+  if versions:
+    return os.path.join(path, str(max(versions)))
   raise FileNotFoundError(
-      f"No SavedModel at {path}: expected {path}/saved_model.pb, or a run directory with "
-      "export/1/saved_model.pb (train with --export, or use tfsr_defense.export).")
+      f"No SavedModel at {path}: expected {path}/saved_model.pb, a TF Serving model directory "
+      f"{path}/<version>/saved_model.pb, or a run directory with export/1/saved_model.pb "
+      "(train with --export, or use tfsr_defense.export).")
 
 
 def _default_name(sm_dir):
@@ -170,7 +176,8 @@ def load_sr_model(path, name=None):
   """Load an exported SR network (tfsr_defense.serving) for evaluation.
 
   Args:
-    path: a run directory (its ``export/1`` is used) or a SavedModel directory.
+    path: a run directory (its ``export/1`` is used), a SavedModel directory,
+      or a TF Serving model directory ``<name>/<version>/`` (highest version).
     name: report label; default: the run directory's name (for
       ``<run>/export/1``), the model folder of a ``<name>/<version>``
       SavedModel, else the SavedModel folder's name.
@@ -322,6 +329,8 @@ def markdown(summary, settings=None):
                  f"{_fmt(c.get('ssim_y'), 4)} | {_fmt(k.get('clever'), 1)} | "
                  f"{_fmt(k.get('clever_weibull'), 1)} |")
   attacked = [s for s in summary if s["kind"] == "attack"]
+  if not attacked:
+    return "\n".join(lines) + "\n"
   lines += ["", "## Attacks (LR-PSNR: RGB, no shave, peak 1; SR-PSNR / SR-SSIM: S(x) vs S(x~), "
             "Y, shave = scale, peak 255)", "",
             "| model | dataset | attack | eps (/255) | steps | images | LR-PSNR (dB) | SR-PSNR (dB) "
@@ -331,18 +340,39 @@ def markdown(summary, settings=None):
     lines.append(f"| {s['model']} | {s['dataset']} | {s['attack']} | {s['eps_255']:g} | "
                  f"{s['steps']} | {s['images']} | {_fmt(s['lr_psnr'])} | {_fmt(s['sr_psnr'])} | "
                  f"{_fmt(s['sr_ssim'], 4)} | {_fmt(s['adv_psnr_y'])} |")
-  if attacked:
-    eps_values = sorted({s["eps_255"] for s in attacked})
-    lines += ["", "## SR-PSNR (dB) by eps (/255): S(x) vs S(x~), Y, shave = scale, peak 255", "",
-              "| model | dataset | attack | " + " | ".join(f"{e:g}" for e in eps_values) + " |",
-              "|---|---|---|" + "---|" * len(eps_values)]
-    table = {}
-    for s in attacked:
-      table.setdefault((s["model"], s["dataset"], s["attack"]), {})[s["eps_255"]] = s["sr_psnr"]
-    for key, by_eps in sorted(table.items()):
-      lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " +
-                   " | ".join(_fmt(by_eps.get(e)) for e in eps_values) + " |")
+  eps_values = sorted({s["eps_255"] for s in attacked})
+  lines += ["", "## SR-PSNR (dB) by eps (/255): S(x) vs S(x~), Y, shave = scale, peak 255", "",
+            "| model | dataset | attack | " + " | ".join(f"{e:g}" for e in eps_values) + " |",
+            "|---|---|---|" + "---|" * len(eps_values)]
+  table = {}
+  for s in attacked:
+    table.setdefault((s["model"], s["dataset"], s["attack"]), {})[s["eps_255"]] = s["sr_psnr"]
+  for key, by_eps in sorted(table.items()):
+    lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " +
+                 " | ".join(_fmt(by_eps.get(e)) for e in eps_values) + " |")
   return "\n".join(lines) + "\n"
+
+
+def _settings_from_rows(rows, settings):
+  """The call's settings, with what the rows themselves record taking precedence.
+
+  A report directory filled by several commands (say CLEVER on one dataset
+  only) then states every setting its rows were computed with.
+  """
+  out = dict(settings or {})
+  found = {"steps": set(), "precision": set(), "clever_samples": set(), "clever_alpha_255": set()}
+  for r in rows:
+    if r.get("kind") == "attack":
+      found["steps"].add(r.get("steps"))
+      found["precision"].add(r.get("precision"))
+    elif r.get("kind") == "clever":
+      found["clever_samples"].add(r.get("num_samples"))
+      found["clever_alpha_255"].add(r.get("eps_255"))
+  for key, values in found.items():
+    values = sorted(v for v in values if v is not None)
+    if values:
+      out[key] = values[0] if len(values) == 1 else values
+  return out
 
 
 def write_reports(report_dir, settings=None):
@@ -353,6 +383,7 @@ def write_reports(report_dir, settings=None):
   """
   rows = read_rows(report_dir)
   summary = summarize(rows)
+  settings = _settings_from_rows(rows, settings)
   _atomic_write(os.path.join(report_dir, ROWS_CSV), _csv_text(rows, ROW_FIELDS))
   _atomic_write(os.path.join(report_dir, SUMMARY_CSV), _csv_text(summary, SUMMARY_FIELDS))
   _atomic_write(os.path.join(report_dir, SUMMARY_FILE), json.dumps(
@@ -504,11 +535,11 @@ def evaluate(models, datasets, report_dir, *, attacks=("fda", "ifgsm"), eps=DEFA
                   clever_samples=int(clever_samples) if clever else None,
                   clever_alpha_255=round(clever_alpha * 255, 6) if clever else None)
   computed = skipped = 0
-  for m in models_list:
-    for ds_name, pairs in datasets.items():
-      bar = tqdm.tqdm(pairs, desc=f"{m.name}/{ds_name}", disable=not progress, file=sys.stdout,
-                      unit="img")
-      for index, pair in enumerate(bar):
+  # Image-major order: an interrupted run leaves every model with the same images done.
+  for ds_name, pairs in datasets.items():
+    bar = tqdm.tqdm(pairs, desc=ds_name, disable=not progress, file=sys.stdout, unit="img")
+    for index, pair in enumerate(bar):
+      for m in models_list:
         c, s = _evaluate_image(
             m, ds_name, pair, report_dir, done, attacks=attacks, eps=eps, steps=int(steps),
             clever=clever, clever_samples=int(clever_samples), clever_alpha=float(clever_alpha),
@@ -570,7 +601,7 @@ def _evaluate_image(m, ds_name, pair, report_dir, done, *, attacks, eps, steps, 
                  ssim_y=float(metrics.ssim(sr, hr, "y", shave=m.scale)[0]))
     elif kind == "clever":
       if bar is not None:
-        bar.set_postfix_str(f"{pair.name} CLEVER")
+        bar.set_postfix_str(f"{m.name} {pair.name} CLEVER")
       result = clever_lib.clever_sr(m.attack_target, x, num_samples=clever_samples,
                                     alpha=clever_alpha, batch_size=clever_batch, seed=seed,
                                     weibull=clever_weibull, progress=progress)
@@ -579,7 +610,7 @@ def _evaluate_image(m, ds_name, pair, report_dir, done, *, attacks, eps, steps, 
                  seed=seed)
     else:
       if bar is not None:
-        bar.set_postfix_str(f"{pair.name} {attack} {_eps_255(e):g}/255")
+        bar.set_postfix_str(f"{m.name} {pair.name} {attack} {_eps_255(e):g}/255")
       x_adv = spec.fn(m.attack_target, x, eps=e, steps=n_steps, seed=seed, precision=precision)
       sr_adv = tf.clip_by_value(tf.cast(m(x_adv), tf.float32), 0.0, 1.0)
       row.update(attack=attack, eps=e, eps_255=_eps_255(e), steps=n_steps, seed=seed,
