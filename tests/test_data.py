@@ -116,6 +116,37 @@ def test_augmentation_keeps_alignment():
     np.testing.assert_array_equal(hp[::2, ::2].numpy(), lp.numpy())
 
 
+def test_stateless_patches_align_and_repeat():
+  lr = tf.cast(tf.reshape(tf.range(6 * 5 * 3), [6, 5, 3]), tf.uint8)
+  hr = tf.repeat(tf.repeat(lr, 2, axis=0), 2, axis=1)
+  outs = set()
+  for k in range(8):
+    seed = tf.constant([7, k], tf.int64)
+    lp, hp = data.random_patch(lr, hr, 3, 2, augment=True, seed=seed)
+    np.testing.assert_array_equal(hp[::2, ::2].numpy(), lp.numpy())
+    np.testing.assert_array_equal(lp.numpy(), data.random_patch(lr, hr, 3, 2, seed=seed)[0])
+    outs.add(lp.numpy().tobytes())
+  assert len(outs) > 2  # the seed really moves the crop / flips
+
+
+def test_train_dataset_same_seed_same_batches():
+  """Parallel map threads must not change which patch an element gets."""
+  rng = np.random.default_rng(0)
+  pairs = []
+  for i in range(3):
+    lr = rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)
+    pairs.append(data.ImagePair(str(i), lr, np.repeat(np.repeat(lr, 2, 0), 2, 1)))
+
+  def batches(seed):
+    ds = data.train_dataset(pairs, 4, 2, 8, seed=seed)
+    return [lr.numpy() for lr, _ in ds.take(6)]
+
+  first, again, other = batches(5), batches(5), batches(6)
+  for a, b in zip(first, again):
+    np.testing.assert_array_equal(a, b)
+  assert any(not np.array_equal(a, b) for a, b in zip(first, other))
+
+
 def test_train_dataset_rejects_bad_patch():
   with pytest.raises(ValueError, match="patch_size"):
     data.train_dataset([], 0, 4, 1)

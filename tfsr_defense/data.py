@@ -270,22 +270,30 @@ def load_pairs(name, scale, data_dir=None, max_images=None):
 # tf.data pipelines
 # ---------------------------------------------------------------------------
 
-def random_patch(lr, hr, patch_size, scale, augment=True):
+def random_patch(lr, hr, patch_size, scale, augment=True, seed=None):
   """Aligned random LR patch (p, p, 3) and HR patch (sp, sp, 3), flips + transpose.
 
   Args:
     lr: uint8 (h, w, 3) tensor; hr: uint8 (s*h, s*w, 3) tensor.
+    seed: int (2,) stateless seed: the same seed gives the same patch, whatever
+      thread of a parallel ``Dataset.map`` runs it. None: TF's stateful RNG.
 
   Returns:
     (lr_patch, hr_patch) float32 in [0, 1].
   """
   shape = tf.shape(lr)
-  y = tf.random.uniform([], 0, shape[0] - patch_size + 1, dtype=tf.int32)
-  x = tf.random.uniform([], 0, shape[1] - patch_size + 1, dtype=tf.int32)
+  if seed is None:
+    y = tf.random.uniform([], 0, shape[0] - patch_size + 1, dtype=tf.int32)
+    x = tf.random.uniform([], 0, shape[1] - patch_size + 1, dtype=tf.int32)
+    flips = tf.random.uniform([3]) < 0.5
+  else:
+    seeds = tf.random.experimental.stateless_split(seed, 3)
+    y = tf.random.stateless_uniform([], seeds[0], 0, shape[0] - patch_size + 1, dtype=tf.int32)
+    x = tf.random.stateless_uniform([], seeds[1], 0, shape[1] - patch_size + 1, dtype=tf.int32)
+    flips = tf.random.stateless_uniform([3], seeds[2]) < 0.5
   lr = lr[y:y + patch_size, x:x + patch_size]
   hr = hr[y * scale:(y + patch_size) * scale, x * scale:(x + patch_size) * scale]
   if augment:
-    flips = tf.random.uniform([3]) < 0.5
     lr, hr = [tf.cond(flips[0], lambda t=t: tf.reverse(t, [1]), lambda t=t: t) for t in (lr, hr)]
     lr, hr = [tf.cond(flips[1], lambda t=t: tf.reverse(t, [0]), lambda t=t: t) for t in (lr, hr)]
     lr, hr = [tf.cond(flips[2], lambda t=t: tf.transpose(t, [1, 0, 2]), lambda t=t: t)
@@ -323,6 +331,10 @@ def train_dataset(pairs, patch_size, scale, batch_size, augment=True, seed=None)
   if not usable:
     raise ValueError(f"No training image has an LR side >= patch size {patch_size}.")
   rng = np.random.default_rng(seed)
+  # Patch k's crop and flips come from the stateless seed (base, k): the same
+  # seed gives the same batches even with parallel map threads (a stateful RNG
+  # there hands out its numbers in thread order).
+  base = int(rng.integers(2**31))
 
   def images():
     while True:
@@ -330,8 +342,9 @@ def train_dataset(pairs, patch_size, scale, batch_size, augment=True, seed=None)
         yield usable[i].lr, usable[i].hr
 
   sig = (tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([None, None, 3], tf.uint8))
-  ds = tf.data.Dataset.from_generator(images, output_signature=sig)
-  ds = ds.map(lambda lr, hr: random_patch(lr, hr, patch_size, scale, augment),
+  ds = tf.data.Dataset.from_generator(images, output_signature=sig).enumerate()
+  ds = ds.map(lambda k, pair: random_patch(*pair, patch_size, scale, augment,
+                                           seed=tf.stack([tf.constant(base, tf.int64), k])),
               num_parallel_calls=tf.data.AUTOTUNE)
   return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
