@@ -7,7 +7,6 @@ Absl flag-file syntax: one ``--name=value`` per line, ``#`` comments, nested
 import glob
 import os
 
-from absl import flags
 import pytest
 
 from tfsr_defense import models
@@ -15,7 +14,7 @@ from tfsr_defense import train  # noqa: F401  (defines the flags)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAG_FILES = sorted(glob.glob(os.path.join(ROOT, "flags", "*.cfg")))
-FLAGS = flags.FLAGS
+FLAGS = train.FLAGS
 GAN_MODELS = ("srgan",)
 
 

@@ -15,32 +15,42 @@ error line and exits with status 2.
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
-from tfsr_defense import attacks, data, evaluation
+from tfsr_defense import attacks, cli, data, evaluation
 
-FLAGS = flags.FLAGS
+FLAGS = flags.FlagValues()  # this CLI's own flags (cli.py)
 
-flags.DEFINE_list("models", None, "Run directories or SavedModel directories (comma-separated).")
-flags.DEFINE_list("names", None, "Report names of the models (default: run directory names).")
+flags.DEFINE_list("models", None, "Run directories or SavedModel directories (comma-separated).",
+                  flag_values=FLAGS)
+flags.DEFINE_list("names", None, "Report names of the models (default: run directory names).",
+                  flag_values=FLAGS)
 flags.DEFINE_list("datasets", ["set5"], "Datasets: set5, set14, bsd100 (under --data_dir), "
-                  "embedded_val, or folders.")
-flags.DEFINE_string("data_dir", None, f"Data directory (default ${data.DATA_DIR_ENV}).")
-flags.DEFINE_integer("max_images", None, "Evaluate the first N images of each dataset only.")
-flags.DEFINE_list("attacks", ["fda", "ifgsm"], f"Attacks: {', '.join(attacks.known_attacks())}.")
+                  "embedded_val, or folders.", flag_values=FLAGS)
+flags.DEFINE_string("data_dir", None, f"Data directory (default ${data.DATA_DIR_ENV}).",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("max_images", None, "Evaluate the first N images of each dataset only.",
+                     flag_values=FLAGS)
+flags.DEFINE_list("attacks", ["fda", "ifgsm"], f"Attacks: {', '.join(attacks.known_attacks())}.",
+                  flag_values=FLAGS)
 flags.DEFINE_list("eps", ["1", "2", "4", "8", "16", "32"],
-                  "L-inf radii in units of 1/255 (the paper's 1,2,4,8,16,32).")
-flags.DEFINE_integer("steps", 50, "Iterations of the iterative attacks (paper: 50).")
-flags.DEFINE_bool("clever", False, "Also compute the CLEVER score (paper eq. 15).")
-flags.DEFINE_integer("clever_samples", 1024, "CLEVER N_s (paper: 1024).")
+                  "L-inf radii in units of 1/255 (the paper's 1,2,4,8,16,32).", flag_values=FLAGS)
+flags.DEFINE_integer("steps", 50, "Iterations of the iterative attacks (paper: 50).",
+                     flag_values=FLAGS)
+flags.DEFINE_bool("clever", False, "Also compute the CLEVER score (paper eq. 15).",
+                  flag_values=FLAGS)
+flags.DEFINE_integer("clever_samples", 1024, "CLEVER N_s (paper: 1024).", flag_values=FLAGS)
 flags.DEFINE_integer("clever_batch", 16, "Perturbed copies per CLEVER gradient call "
-                     "(memory: ~150 MB each for EDSR-baseline on a 120x80 image).")
-flags.DEFINE_bool("clever_weibull", False, "Add the reverse-Weibull CLEVER estimate.")
-flags.DEFINE_integer("seed", 0, "Base random seed.")
+                     "(memory: ~150 MB each for EDSR-baseline on a 120x80 image).",
+                     flag_values=FLAGS)
+flags.DEFINE_bool("clever_weibull", False, "Add the reverse-Weibull CLEVER estimate.",
+                  flag_values=FLAGS)
+flags.DEFINE_integer("seed", 0, "Base random seed.", flag_values=FLAGS)
 flags.DEFINE_integer("examples", 1,
-                     "Images per model and dataset whose outputs are saved for the figures.")
-flags.DEFINE_bool("plots", True, "Draw the figures into <report_dir>/plots.")
-flags.DEFINE_string("report_dir", None, "Output directory (resumable).")
+                     "Images per model and dataset whose outputs are saved for the figures.",
+                     flag_values=FLAGS)
+flags.DEFINE_bool("plots", True, "Draw the figures into <report_dir>/plots.", flag_values=FLAGS)
+flags.DEFINE_string("report_dir", None, "Output directory (resumable).", flag_values=FLAGS)
 
 
 def _eps_values(values):
@@ -87,24 +97,20 @@ def run_from_flags():
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  del argv  # cli.run refuses positional arguments
   try:
     result = run_from_flags()
-  except (ValueError, FileNotFoundError) as e:
-    print(f"tfsr_defense.evaluate: error: {e}", file=sys.stderr)
-    sys.exit(2)
   except KeyboardInterrupt:
     print("Interrupted: finished cells are saved; re-run the same command to resume.",
           file=sys.stderr)
-    sys.exit(130)
+    raise
   print(f"{result['computed']} cells computed, {result['skipped']} already done. "
         f"Report: {result['report_dir']}/{evaluation.MARKDOWN_FILE}")
 
 
-def run():
-  """Console entry point."""
-  app.run(main)
+def run(argv=None):
+  """Console entry point ``tfsr-evaluate``."""
+  cli.run(main, FLAGS, prog="tfsr_defense.evaluate", doc=__doc__, argv=argv)
 
 
 if __name__ == "__main__":

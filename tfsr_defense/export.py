@@ -9,18 +9,21 @@ and ``features`` (the regularized feature map); see tfsr_defense/serving.py.
 
 import json
 import os
-import sys
 
-from absl import app, flags
+from absl import flags
 
-from tfsr_defense import serving, trainer
+from tfsr_defense import cli, serving, trainer
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("run_dir", None, "Finished training run directory (config.json + model.weights.h5).")
-flags.DEFINE_string("output_dir", None, "Model base directory (default saved_models/<run name>).")
-flags.DEFINE_integer("version", 1, "Numeric version sub-directory TF Serving loads.")
-flags.mark_flag_as_required("run_dir")
-flags.register_validator("version", lambda v: v >= 1, "--version must be >= 1.")
+FLAGS = flags.FlagValues()  # this CLI's own flags (cli.py)
+flags.DEFINE_string("run_dir", None,
+                    "Finished training run directory (config.json + model.weights.h5).",
+                    flag_values=FLAGS)
+flags.DEFINE_string("output_dir", None, "Model base directory (default saved_models/<run name>).",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("version", 1, "Numeric version sub-directory TF Serving loads.",
+                     flag_values=FLAGS)
+flags.mark_flag_as_required("run_dir", flag_values=FLAGS)
+flags.register_validator("version", lambda v: v >= 1, "--version must be >= 1.", flag_values=FLAGS)
 
 
 def export_run(run_dir, output_dir, version=1):
@@ -54,21 +57,17 @@ def export_run(run_dir, output_dir, version=1):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  del argv  # cli.run refuses positional arguments
   output_dir = FLAGS.output_dir or os.path.join(
       "saved_models", os.path.basename(os.path.normpath(FLAGS.run_dir)))
-  try:
-    path = export_run(FLAGS.run_dir, output_dir, FLAGS.version)
-  except (ValueError, FileNotFoundError, trainer.CheckpointError) as e:
-    print(f"tfsr_defense.export: error: {e}", file=sys.stderr)
-    sys.exit(2)
+  path = export_run(FLAGS.run_dir, output_dir, FLAGS.version)
   print(f"SavedModel written to {path}")
 
 
-def run():
+def run(argv=None):
   """Console entry point ``tfsr-export``."""
-  app.run(main)
+  cli.run(main, FLAGS, prog="tfsr_defense.export", doc=__doc__, argv=argv,
+          errors=(ValueError, FileNotFoundError, trainer.CheckpointError))
 
 
 if __name__ == "__main__":

@@ -9,66 +9,87 @@ Interrupt and re-run the same command to resume from the last checkpoint.
 
 import dataclasses
 import os
-import sys
 
-from absl import app, flags
+from absl import flags
 
-from tfsr_defense import data, gan, models, precision, trainer
+from tfsr_defense import cli, data, gan, models, precision, trainer
 
-FLAGS = flags.FLAGS
+FLAGS = flags.FlagValues()  # this CLI's own flags (cli.py)
 _D = trainer.TrainConfig()
 
-flags.DEFINE_string("model", _D.model, f"Network: one of {', '.join(models.known_models())}.")
-flags.DEFINE_integer("scale", _D.scale, "SR scale (2, 3 or 4).")
+flags.DEFINE_string("model", _D.model, f"Network: one of {', '.join(models.known_models())}.",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("scale", _D.scale, "SR scale (2, 3 or 4).", flag_values=FLAGS)
 flags.DEFINE_float("entropy_weight", None,
                    "lambda of eq. 2 (>= 0). Default: the paper's value for the model "
-                   "(1 for EDSR). 0 trains the plain network.")
-flags.DEFINE_float("delta", _D.delta, "Bin width delta of eq. 11 (> 0).")
-flags.DEFINE_bool("noise", _D.noise, "Uniform noise on the features in training (eq. 12).")
+                   "(1 for EDSR). 0 trains the plain network.", flag_values=FLAGS)
+flags.DEFINE_float("delta", _D.delta, "Bin width delta of eq. 11 (> 0).", flag_values=FLAGS)
+flags.DEFINE_bool("noise", _D.noise, "Uniform noise on the features in training (eq. 12).",
+                  flag_values=FLAGS)
 flags.DEFINE_bool("estimate_entropy", _D.estimate_entropy,
-                  "Probability estimation + entropy loss (eqs. 1, 11).")
+                  "Probability estimation + entropy loss (eqs. 1, 11).", flag_values=FLAGS)
 flags.DEFINE_string("train_data", _D.train_data,
                     "Comma-separated datasets: embedded (scikit-image photos, no download), "
                     "t91, bsd200, set5, ... (under --data_dir), folders of HR images, or div2k "
-                    "(tensorflow-datasets, needs the internet once).")
-flags.DEFINE_string("eval_data", _D.eval_data, "Validation set (name or folder); '' for none.")
-flags.DEFINE_string("data_dir", None, f"Data directory for dataset names (default ${data.DATA_DIR_ENV}).")
-flags.DEFINE_integer("max_train_images", None, "Use only the first N images of each training set.")
-flags.DEFINE_integer("eval_max_images", None, "Validate on the first N images only.")
-flags.DEFINE_integer("patch_size", _D.patch_size, "LR patch side in pixels (>= 1).")
-flags.DEFINE_integer("batch_size", _D.batch_size, "Global batch size.")
-flags.DEFINE_integer("steps", _D.steps, "Total training steps.")
-flags.DEFINE_float("learning_rate", _D.learning_rate, "Initial Adam learning rate.")
-flags.DEFINE_integer("lr_decay_steps", _D.lr_decay_steps, "Halve (x lr_decay_factor) every N steps.")
-flags.DEFINE_float("lr_decay_factor", _D.lr_decay_factor, "Learning-rate decay factor.")
+                    "(tensorflow-datasets, needs the internet once).", flag_values=FLAGS)
+flags.DEFINE_string("eval_data", _D.eval_data, "Validation set (name or folder); '' for none.",
+                    flag_values=FLAGS)
+flags.DEFINE_string("data_dir", None,
+                    f"Data directory for dataset names (default ${data.DATA_DIR_ENV}).",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("max_train_images", None, "Use only the first N images of each training set.",
+                     flag_values=FLAGS)
+flags.DEFINE_integer("eval_max_images", None, "Validate on the first N images only.",
+                     flag_values=FLAGS)
+flags.DEFINE_integer("patch_size", _D.patch_size, "LR patch side in pixels (>= 1).",
+                     flag_values=FLAGS)
+flags.DEFINE_integer("batch_size", _D.batch_size, "Global batch size.", flag_values=FLAGS)
+flags.DEFINE_integer("steps", _D.steps, "Total training steps.", flag_values=FLAGS)
+flags.DEFINE_float("learning_rate", _D.learning_rate, "Initial Adam learning rate.",
+                   flag_values=FLAGS)
+flags.DEFINE_integer("lr_decay_steps", _D.lr_decay_steps,
+                     "Halve (x lr_decay_factor) every N steps.", flag_values=FLAGS)
+flags.DEFINE_float("lr_decay_factor", _D.lr_decay_factor, "Learning-rate decay factor.",
+                   flag_values=FLAGS)
 flags.DEFINE_list("lr_boundaries", None, "Piecewise-constant learning rate: the steps where it "
-                  "changes (overrides --learning_rate and the decay flags).")
-flags.DEFINE_list("lr_values", None, "The len(--lr_boundaries) + 1 learning rates.")
-flags.DEFINE_float("clip_norm", _D.clip_norm, "Global gradient-norm clip (0: none; CARN: 10).")
+                  "changes (overrides --learning_rate and the decay flags).", flag_values=FLAGS)
+flags.DEFINE_list("lr_values", None, "The len(--lr_boundaries) + 1 learning rates.",
+                  flag_values=FLAGS)
+flags.DEFINE_float("clip_norm", _D.clip_norm, "Global gradient-norm clip (0: none; CARN: 10).",
+                   flag_values=FLAGS)
 flags.DEFINE_enum("precision", _D.precision, precision.PRECISIONS,
-                  "auto: bf16 on AMX/AVX512-BF16 CPUs, fp16 (loss scaling) on GPUs, else float32.")
+                  "auto: bf16 on AMX/AVX512-BF16 CPUs, fp16 (loss scaling) on GPUs, else float32.",
+                  flag_values=FLAGS)
 flags.DEFINE_enum("strategy", _D.strategy, precision.STRATEGIES,
                   "tf.distribute strategy; auto: MultiWorkerMirrored with a multi-worker "
-                  "TF_CONFIG, Mirrored with several GPUs, else default.")
-flags.DEFINE_string("run_dir", None, "Run directory (default runs/<model>_x<scale>).")
-flags.DEFINE_integer("checkpoint_every", _D.checkpoint_every, "Checkpoint every N steps.")
-flags.DEFINE_integer("eval_every", _D.eval_every, "Validate every N steps (0: at the end only).")
-flags.DEFINE_integer("log_every", _D.log_every, "TensorBoard/progress update every N steps.")
-flags.DEFINE_integer("seed", _D.seed, "Random seed.")
+                  "TF_CONFIG, Mirrored with several GPUs, else default.", flag_values=FLAGS)
+flags.DEFINE_string("run_dir", None, "Run directory (default runs/<model>_x<scale>).",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("checkpoint_every", _D.checkpoint_every, "Checkpoint every N steps.",
+                     flag_values=FLAGS)
+flags.DEFINE_integer("eval_every", _D.eval_every, "Validate every N steps (0: at the end only).",
+                     flag_values=FLAGS)
+flags.DEFINE_integer("log_every", _D.log_every, "TensorBoard/progress update every N steps.",
+                     flag_values=FLAGS)
+flags.DEFINE_integer("seed", _D.seed, "Random seed.", flag_values=FLAGS)
 flags.DEFINE_string("init_from", None, "Start from the weights of a finished run directory "
-                    "(or a .weights.h5 file); ignored when resuming.")
+                    "(or a .weights.h5 file); ignored when resuming.", flag_values=FLAGS)
 flags.DEFINE_string("vgg_weights", _D.vgg_weights,
                     "SRGAN content loss: path of Keras' VGG19 no-top weights .h5, or 'imagenet' "
-                    "(downloaded once where the internet is).")
-flags.DEFINE_bool("export", _D.export, "Export a SavedModel to <run_dir>/export/1 at the end.")
+                    "(downloaded once where the internet is).", flag_values=FLAGS)
+flags.DEFINE_bool("export", _D.export, "Export a SavedModel to <run_dir>/export/1 at the end.",
+                  flag_values=FLAGS)
 
 flags.register_validator("entropy_weight", lambda v: v is None or v >= 0,
-                         "--entropy_weight (lambda) must be >= 0.")
-flags.register_validator("delta", lambda v: v > 0, "--delta must be > 0.")
-flags.register_validator("patch_size", lambda v: v >= 1, "--patch_size must be >= 1.")
-flags.register_validator("batch_size", lambda v: v >= 1, "--batch_size must be >= 1.")
-flags.register_validator("steps", lambda v: v >= 1, "--steps must be >= 1.")
-flags.register_validator("scale", lambda v: v in (2, 3, 4), "--scale must be 2, 3 or 4.")
+                         "--entropy_weight (lambda) must be >= 0.", flag_values=FLAGS)
+flags.register_validator("delta", lambda v: v > 0, "--delta must be > 0.", flag_values=FLAGS)
+flags.register_validator("patch_size", lambda v: v >= 1, "--patch_size must be >= 1.",
+                         flag_values=FLAGS)
+flags.register_validator("batch_size", lambda v: v >= 1, "--batch_size must be >= 1.",
+                         flag_values=FLAGS)
+flags.register_validator("steps", lambda v: v >= 1, "--steps must be >= 1.", flag_values=FLAGS)
+flags.register_validator("scale", lambda v: v in (2, 3, 4), "--scale must be 2, 3 or 4.",
+                         flag_values=FLAGS)
 
 
 def config_from_flags():
@@ -87,26 +108,20 @@ def config_from_flags():
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  try:
-    config = config_from_flags()
-    config.validate()
-    os.makedirs(config.run_dir, exist_ok=True)
-    with open(os.path.join(config.run_dir, "flags.txt"), "w", encoding="utf-8") as f:
-      f.write("".join(FLAGS[name].serialize() + "\n" for name in sorted(dataclasses.asdict(config))
-                      if name in FLAGS and FLAGS[name].value is not None))
-    trainer.train(config)
-  except (ValueError, FileNotFoundError, trainer.CheckpointError, gan.VGGWeightsError) as e:
-    print(f"tfsr_defense.train: error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except KeyboardInterrupt:
-    sys.exit(130)
+  del argv  # cli.run refuses positional arguments
+  config = config_from_flags()
+  config.validate()
+  os.makedirs(config.run_dir, exist_ok=True)
+  with open(os.path.join(config.run_dir, "flags.txt"), "w", encoding="utf-8") as f:
+    f.write("".join(FLAGS[name].serialize() + "\n" for name in sorted(dataclasses.asdict(config))
+                    if name in FLAGS and FLAGS[name].value is not None))
+  trainer.train(config)
 
 
-def run():
+def run(argv=None):
   """Console entry point ``tfsr-train``."""
-  app.run(main)
+  cli.run(main, FLAGS, prog="tfsr_defense.train", doc=__doc__, argv=argv,
+          errors=(ValueError, FileNotFoundError, trainer.CheckpointError, gan.VGGWeightsError))
 
 
 if __name__ == "__main__":
