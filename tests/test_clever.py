@@ -5,7 +5,8 @@ import pytest
 import tensorflow as tf
 
 from tfsr_defense import clever, models
-from tfsr_defense.attacks import base
+from tfsr_defense import attacks
+from tfsr_defense.attacks import engine as engine_lib
 
 SHAPE = (4, 5, 3)
 
@@ -70,17 +71,20 @@ def test_perturbations_are_seeded_and_bounded():
 
 def test_reproducible_and_batched_equals_unbatched(edsr):
   x = np.random.default_rng(3).uniform(size=(10, 9, 3)).astype(np.float32)
-  one = clever.clever_sr(edsr, x, num_samples=24, batch_size=1, seed=7)
-  many = clever.clever_sr(edsr, x[None], num_samples=24, batch_size=10, seed=7)
-  again = clever.clever_sr(edsr, x, num_samples=24, batch_size=10, seed=7)
-  other = clever.clever_sr(edsr, x, num_samples=24, batch_size=10, seed=8)
+  engine = attacks.GradientEngine(edsr)
+  one = clever.clever_sr(engine, x, num_samples=24, batch_size=1, seed=7)
+  many = clever.clever_sr(engine, x[None], num_samples=24, batch_size=10, seed=7)
+  again = clever.clever_sr(engine, x, num_samples=24, batch_size=10, seed=7)
+  other = clever.clever_sr(engine, x, num_samples=24, batch_size=10, seed=8)
+  bare = clever.clever_sr(edsr, x, num_samples=24, batch_size=10, seed=7)  # a one-off engine
+  np.testing.assert_array_equal(bare.grad_norms, many.grad_norms)
   np.testing.assert_allclose(one.grad_norms, many.grad_norms, rtol=1e-5)
   np.testing.assert_array_equal(many.grad_norms, again.grad_norms)
   assert not np.allclose(many.grad_norms, other.grad_norms)
   assert many.score == many.grad_norms.max() > 0
   assert many.weibull is None and many.weibull_loc is None
-  fn = base.cached(edsr, ("clever",), lambda: None)
-  assert fn.experimental_get_tracing_count() == 1  # one trace for both batch sizes
+  # One trace for both batch sizes, kept by the engine.
+  assert engine.clever_gradients().experimental_get_tracing_count() == 1
 
 
 def test_weibull_option(edsr):
@@ -99,7 +103,7 @@ def test_norm_gradient_is_zero_not_nan_at_zero_distance():
   sr = tf.ones([2, 4, 4, 3])
   moved = tf.Variable(tf.concat([sr[:1], sr[1:] + 0.5], axis=0))
   with tf.GradientTape() as tape:
-    d = base.sr_distance(moved, sr)
+    d = engine_lib.sr_distance(moved, sr)
     total = tf.reduce_sum(d)
   grad = tape.gradient(total, moved).numpy()
   np.testing.assert_allclose(d.numpy(), [0.0, 0.5 * np.sqrt(48)], rtol=1e-6)
@@ -122,3 +126,10 @@ def test_bad_arguments(edsr, kwargs, match):
 def test_one_image_only(edsr):
   with pytest.raises(ValueError, match="one image"):
     clever.clever_sr(edsr, np.full((2, 6, 6, 3), 0.5, np.float32), num_samples=2)
+
+
+def test_non_finite_image_is_refused(edsr):
+  x = np.full((6, 6, 3), 0.5, np.float32)
+  x[2, 2, 1] = np.nan
+  with pytest.raises(ValueError, match="NaN/inf"):
+    clever.clever_sr(edsr, x, num_samples=2)

@@ -171,3 +171,133 @@ def test_div2k_wiring_with_tfds_mock():
     lr, hr = next(iter(ds))
   assert seen == [("div2k", "bicubic_x4", "train")]
   assert lr.shape == (2, 8, 8, 3) and hr.shape == (2, 32, 32, 3)
+
+
+def test_train_dataset_skip_batches_continues_the_sequence():
+  """A resumed run (skip_batches = step) sees what the uninterrupted run saw from there on."""
+  rng = np.random.default_rng(1)
+  pairs = []
+  for i in range(3):  # 3 images, batch 2: skips cross permutation (epoch) boundaries
+    lr = rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)
+    pairs.append(data.ImagePair(str(i), lr, np.repeat(np.repeat(lr, 2, 0), 2, 1)))
+  full = [(lr.numpy(), hr.numpy()) for lr, hr in data.train_dataset(pairs, 4, 2, 2, seed=3).take(7)]
+  for skip in (1, 3, 4):
+    tail = [(lr.numpy(), hr.numpy())
+            for lr, hr in data.train_dataset(pairs, 4, 2, 2, seed=3, skip_batches=skip).take(3)]
+    for (a_lr, a_hr), (b_lr, b_hr) in zip(full[skip:skip + 3], tail):
+      np.testing.assert_array_equal(a_lr, b_lr)
+      np.testing.assert_array_equal(a_hr, b_hr)
+  with pytest.raises(ValueError, match="skip_batches"):
+    data.train_dataset(pairs, 4, 2, 2, skip_batches=-1)
+
+
+def test_div2k_gets_the_data_dir(monkeypatch):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  seen = {}
+
+  def load(name, split, data_dir=None, shuffle_files=False):
+    seen.update(name=name, data_dir=data_dir)
+    raise RuntimeError("offline")
+
+  monkeypatch.setattr(tfds, "load", load)
+  with pytest.raises(RuntimeError, match="div2k/bicubic_x2"):
+    data.div2k_train_dataset(2, 8, 2, data_dir="/some/tfds")
+  assert seen == dict(name="div2k/bicubic_x2", data_dir="/some/tfds")
+
+
+_GREY16 = np.array([[0, 257, 65535], [32896, 1000, 128]], np.uint16)  # 257 v -> v
+
+
+def _grey8(values16):
+  return np.floor(values16.astype(np.float64) * 255 / 65535 + 0.5).astype(np.uint8)
+
+
+def _save(tmp_path, name, image):
+  path = str(tmp_path / name)
+  image.save(path)
+  return path
+
+
+def test_load_image_16_bit_grey_png(tmp_path):
+  path = _save(tmp_path, "g16.png", Image.fromarray(_GREY16))
+  with Image.open(path) as img:
+    assert img.mode in ("I;16", "I")  # Pillow's 16-bit grey
+  got = data.load_image(path)
+  assert got.dtype == np.uint8 and got.shape == (2, 3, 3)
+  expected = _grey8(_GREY16)
+  assert expected.tolist() == [[0, 1, 255], [128, 4, 0]]  # by hand: round(v / 257)
+  for c in range(3):
+    np.testing.assert_array_equal(got[..., c], expected)
+
+
+def test_load_image_16_bit_rgb_and_rgba_png(tmp_path):
+  rng = np.random.default_rng(0)
+  rgb16 = rng.integers(0, 65536, (4, 5, 3), dtype=np.uint16)
+  path = str(tmp_path / "rgb16.png")
+  tf.io.write_file(path, tf.io.encode_png(tf.constant(rgb16)))
+  np.testing.assert_array_equal(data.load_image(path), _grey8(rgb16))
+  rgba16 = np.concatenate([rgb16, np.full((4, 5, 1), 65535, np.uint16)], -1)
+  tf.io.write_file(path, tf.io.encode_png(tf.constant(rgba16)))
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # opaque alpha: nothing dropped, no warning
+    np.testing.assert_array_equal(data.load_image(path), _grey8(rgb16))
+  rgba16[0, 0, 3] = 0
+  tf.io.write_file(path, tf.io.encode_png(tf.constant(rgba16)))
+  with pytest.warns(UserWarning, match="alpha"):
+    np.testing.assert_array_equal(data.load_image(path), _grey8(rgb16))
+
+
+def test_load_image_32_bit_int_mode(tmp_path):
+  path = _save(tmp_path, "i32.tif", Image.fromarray(_GREY16.astype(np.int32), mode="I"))
+  with Image.open(path) as img:
+    assert img.mode == "I"
+  np.testing.assert_array_equal(data.load_image(path)[..., 1], _grey8(_GREY16))
+  bad = _save(tmp_path, "neg.tif", Image.fromarray(np.array([[-5, 70000]], np.int32), mode="I"))
+  with pytest.raises(ValueError, match="neg.tif.*16-bit range"):
+    data.load_image(bad)
+
+
+def test_load_image_8_bit_modes(tmp_path):
+  rng = np.random.default_rng(0)
+  rgb = rng.integers(0, 256, (4, 6, 3), dtype=np.uint8)
+  grey = rgb[..., 0]
+  # 1 (bilevel): 0 / 255.
+  bits = np.array([[0, 255, 255], [255, 0, 0]], np.uint8)
+  path = _save(tmp_path, "b.png", Image.fromarray(bits).convert("1"))
+  np.testing.assert_array_equal(data.load_image(path), np.repeat(bits[..., None], 3, -1))
+  # L: grey replicated.
+  path = _save(tmp_path, "l.png", Image.fromarray(grey, mode="L"))
+  np.testing.assert_array_equal(data.load_image(path), np.repeat(grey[..., None], 3, -1))
+  # RGB unchanged.
+  path = _save(tmp_path, "rgb.png", Image.fromarray(rgb))
+  np.testing.assert_array_equal(data.load_image(path), rgb)
+  # P: the palette's colours.
+  palette_img = Image.fromarray(rgb).quantize(colors=8)
+  path = _save(tmp_path, "p.png", palette_img)
+  np.testing.assert_array_equal(data.load_image(path), np.asarray(palette_img.convert("RGB")))
+  # RGBA / LA: colour kept, alpha dropped with a warning if not opaque.
+  alpha = np.full((4, 6), 255, np.uint8)
+  path = _save(tmp_path, "rgba.png", Image.fromarray(np.dstack([rgb, alpha]), mode="RGBA"))
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    np.testing.assert_array_equal(data.load_image(path), rgb)
+  alpha[1, 2] = 10
+  path = _save(tmp_path, "rgba2.png", Image.fromarray(np.dstack([rgb, alpha]), mode="RGBA"))
+  with pytest.warns(UserWarning, match="rgba2.png.*alpha"):
+    np.testing.assert_array_equal(data.load_image(path), rgb)
+  path = _save(tmp_path, "la.png", Image.fromarray(np.dstack([grey, alpha]), mode="LA"))
+  with pytest.warns(UserWarning, match="alpha"):
+    np.testing.assert_array_equal(data.load_image(path), np.repeat(grey[..., None], 3, -1))
+  # A palette image with a transparent entry: colours kept, warning.
+  transparent = Image.fromarray(rgb).quantize(colors=8)
+  transparent.info["transparency"] = transparent.getpixel((0, 0))
+  path = _save(tmp_path, "pt.png", transparent)
+  with pytest.warns(UserWarning, match="alpha"):
+    got = data.load_image(path)
+  np.testing.assert_array_equal(got, np.asarray(palette_img.convert("RGB")))
+
+
+def test_load_image_float_mode_is_refused(tmp_path):
+  path = _save(tmp_path, "f.tif", Image.fromarray(np.ones((2, 2), np.float32), mode="F"))
+  with pytest.raises(ValueError, match="f.tif.*mode F"):
+    data.load_image(path)

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfsr_defense import losses
 from tfsr_defense.layers import EntropyRegularizer
+from tfsr_defense.layers import entropy
 
 
 def _layer(channels=4, **kwargs):
@@ -106,9 +108,13 @@ def test_ablation_switches():
   np.testing.assert_array_equal(out.numpy(), x.numpy())
 
 
-@pytest.mark.parametrize("kwargs", [dict(weight=-1.0), dict(delta=0.0), dict(delta=-2.0)])
-def test_bad_arguments(kwargs):
-  with pytest.raises(ValueError):
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(weight=-1.0), "lambda"), (dict(delta=0.0), "delta"), (dict(delta=-2.0), "delta"),
+    (dict(weight=float("nan")), "lambda.*finite.*nan"), (dict(weight=float("inf")), "lambda"),
+    (dict(delta=float("nan")), "delta.*nan"), (dict(delta=float("inf")), "delta.*inf"),
+    (dict(weight="x"), "numbers"), (dict(init_scale=0.0), "init_scale")])
+def test_bad_arguments(kwargs, message):
+  with pytest.raises(ValueError, match=message):
     EntropyRegularizer(**kwargs)
 
 
@@ -165,12 +171,98 @@ def test_save_reload_keras_and_savedmodel(tmp_path):
 
 
 def test_fit_reports_entropy_bits():
+  """fit's entropy_bits is the mean over the epoch's batches of L_e (weights kept fixed)."""
   tf.random.set_seed(0)
   inputs = tf.keras.Input((None, None, 3))
-  feats = EntropyRegularizer(weight=1.0)(tf.keras.layers.Conv2D(4, 3, padding="same")(inputs))
+  conv = tf.keras.layers.Conv2D(4, 3, padding="same")
+  reg = EntropyRegularizer(weight=1.0, noise=False)
+  feats = reg(conv(inputs))
   model = tf.keras.Model(inputs, tf.keras.layers.Conv2D(3, 3, padding="same")(feats))
-  model.compile("adam", "mae")
+  model.compile(tf.keras.optimizers.SGD(0.0), "mae")  # lr 0: the same weights in every batch
   x = tf.random.uniform([4, 8, 8, 3])
-  history = model.fit(x, x, epochs=2, batch_size=2, verbose=0)
+  expected = np.mean([float(reg.entropy_loss(conv(x[i:i + 2]))) for i in (0, 2)])
+  history = model.fit(x, x, epochs=2, batch_size=2, shuffle=False, verbose=0)
   assert "entropy_bits" in history.history
-  assert all(np.isfinite(v) and v > 0 for v in history.history["entropy_bits"])
+  np.testing.assert_allclose(history.history["entropy_bits"], [expected, expected], rtol=1e-5)
+
+
+def test_entropy_bits_by_value_with_other_losses():
+  """L_e comes from the layer, not from model.losses / lambda, whatever else add_loss adds."""
+  tf.random.set_seed(0)
+  inputs = tf.keras.Input((None, None, 3))
+  conv = tf.keras.layers.Conv2D(4, 3, padding="same",
+                                kernel_regularizer=tf.keras.regularizers.L2(0.5))
+  reg = EntropyRegularizer(weight=2.0, noise=False)
+  feats = tf.keras.layers.ActivityRegularization(l1=0.25)(reg(conv(inputs)))
+  model = tf.keras.Model(inputs, feats)
+  x = tf.random.uniform([2, 6, 6, 3])
+  expected_bits = float(reg.entropy_loss(conv(x)))
+  assert float(entropy.entropy_bits(model)) == 0.0  # no training call yet
+  model(x, training=True)
+  assert len(model.losses) == 3  # kernel L2, lambda L_e, activity L1
+  np.testing.assert_allclose(float(reg.last_bits), expected_bits, rtol=1e-6)
+  np.testing.assert_allclose(float(entropy.entropy_bits(model)), expected_bits, rtol=1e-6)
+  total, bits = losses.regularization_terms(model)
+  np.testing.assert_allclose(float(bits), expected_bits, rtol=1e-6)
+  others = 0.5 * float(tf.reduce_sum(conv.kernel ** 2)) + 0.25 * float(
+      tf.reduce_sum(tf.abs(conv(x)))) / 2  # ActivityRegularization averages over the batch
+  np.testing.assert_allclose(float(total), 2.0 * expected_bits + others, rtol=1e-5)
+  assert abs(float(total) / 2.0 - expected_bits) > 0.1  # what dividing by lambda would log
+  model(x, training=False)  # inference: no L_e
+  assert reg.last_bits is None and float(entropy.entropy_bits(model)) == 0.0
+
+
+def test_entropy_bits_inside_tf_function():
+  reg = _layer(weight=0.5, noise=False)
+  inputs = tf.keras.Input((None, None, 4))
+  model = tf.keras.Model(inputs, reg(inputs))
+  x = tf.random.normal([2, 5, 5, 4])
+
+  @tf.function
+  def step(x):
+    model(x, training=True)
+    return entropy.entropy_bits(model), tf.add_n(model.losses)
+
+  bits, total = step(x)
+  np.testing.assert_allclose(float(bits), float(reg.entropy_loss(x)), rtol=1e-6)
+  np.testing.assert_allclose(float(total), 0.5 * float(bits), rtol=1e-6)
+
+
+@pytest.mark.parametrize("delta", [0.01, 1.0, 10.0])
+def test_initial_scale_is_in_feature_units(delta):
+  """Paper sec. 5 delta sweeps: the initial density over Phi does not depend on delta.
+
+  With the random initial biases set to 0 (tfc's factors start at 0, so g is
+  the identity) the chain of eqs. 3-10 is c(u) = sigmoid(u / s) for the
+  scale s handed to tfc; u = Phi / delta and s = init_scale / delta give
+  c = sigmoid(Phi / init_scale) for every delta.
+  """
+  layer = _layer(delta=delta, init_scale=10.0)
+  for b in layer.density.base._biases:
+    b.assign(tf.zeros_like(b))
+  assert all(float(tf.reduce_max(tf.abs(a))) == 0.0 for a in layer.density.base._factors)
+  phi = np.linspace(-40.0, 40.0, 33, dtype=np.float32)[:, None] * np.ones((1, 4), np.float32)
+  np.testing.assert_allclose(layer.cdf(phi).numpy(), 1.0 / (1.0 + np.exp(-phi / 10.0)),
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_noise_is_added_in_float32_under_bfloat16():
+  """delta = 0.01 on features of magnitude ~50: bf16 (8-bit mantissa) would round it away."""
+  layer = EntropyRegularizer(weight=1.0, delta=0.01, noise=True, dtype="mixed_bfloat16")
+  layer.build((None, None, None, 4))
+  phi = tf.cast(tf.random.stateless_uniform([2, 16, 16, 4], [1, 2], 40.0, 60.0), tf.bfloat16)
+  noisy = layer.add_noise(phi)
+  assert noisy.dtype == tf.float32
+  diff = noisy.numpy() - tf.cast(phi, tf.float32).numpy()
+  assert np.abs(diff).max() <= 0.005 + 1e-5          # float32 ulp at 60: 4e-6
+  assert np.mean(diff != 0) > 0.99                   # in bf16: ~0 % of elements would change
+  assert np.abs(diff).mean() > 0.002                 # ~U(-delta/2, delta/2): mean |u| = delta/4
+  rounded = tf.cast(noisy, tf.bfloat16)              # what adding in bf16 would have kept
+  assert np.mean(rounded.numpy() != phi.numpy()) < 0.05
+  # The call's L_e is the entropy of the float32 noisy features.
+  tf.random.set_seed(7)
+  out = layer(phi, training=True)
+  tf.random.set_seed(7)
+  expected = float(layer.entropy_loss(layer.add_noise(phi)))
+  assert out.dtype == tf.bfloat16
+  np.testing.assert_allclose(float(layer.last_bits), expected, rtol=1e-6)

@@ -69,13 +69,15 @@ def test_two_gan_steps(vgg):
   d_before = [w.numpy() for w in discriminator.trainable_weights]
   for _ in range(2):
     out = {k: float(v) for k, v in step(lr, hr).items()}
-  assert set(out) >= {"loss", "l_r", "content", "adversarial", "l_e_bits", "d_loss",
-                      "d_real", "d_fake", "psnr_rgb"}
+  assert set(out) >= {"loss", "perceptual", "content", "adversarial", "reg", "l_e_bits",
+                      "d_loss", "d_real", "d_fake", "psnr_rgb"}
+  assert "l_r" not in out  # the perceptual loss is logged under its own name
   assert all(np.isfinite(v) for v in out.values()), out
   assert out["l_e_bits"] > 0
-  assert out["l_r"] == pytest.approx(out["content"] + gan.ADVERSARIAL_WEIGHT * out["adversarial"],
-                                     rel=1e-5)
-  assert out["loss"] == pytest.approx(out["l_r"] + 0.1 * out["l_e_bits"], rel=1e-4)
+  assert out["perceptual"] == pytest.approx(
+      out["content"] + gan.ADVERSARIAL_WEIGHT * out["adversarial"], rel=1e-5)
+  assert out["loss"] == pytest.approx(out["perceptual"] + 0.1 * out["l_e_bits"], rel=1e-4)
+  assert out["reg"] == pytest.approx(0.1 * out["l_e_bits"], rel=1e-5)
   assert int(g_opt.iterations) == 2 and int(d_opt.iterations) == 2
   assert any(not np.array_equal(a, w.numpy())
              for a, w in zip(g_before, generator.trainable_weights))

@@ -44,6 +44,19 @@ SMALL = {
     "carn_m": dict(n_blocks=1),
 }
 NETWORKS = sorted(OFFICIAL_X4)
+# Rectifier maps (models.activation_layer_names) at x4 in the official
+# configuration: (all, body only = without the upsampler's).
+RELU_MAPS_X4 = {
+    "srresnet": (19, 17),   # PReLUs: head + 16 blocks (+ 2 upsampler steps)
+    "srgan": (19, 17),
+    "rcan": (400, 400),     # 10 x 20 RCABs x (body ReLU, channel-attention ReLU)
+    "msrn": (32, 32),       # 8 MSRBs x 4 branch ReLUs
+    "carn": (32, 30),       # 3 x (3 res x 2 + 3 cascades) + 3 global cascades (+ 2 upsampler)
+    "carn_m": (41, 39),     # 3 x (3 res x 3 + 3 cascades) + 3 global cascades (+ 2 upsampler)
+}
+# The head whose output entropy_layer='first' regularizes.
+HEAD = {"srresnet": "head_prelu", "srgan": "head_prelu", "rcan": "head", "msrn": "head",
+        "carn": "entry", "carn_m": "entry"}
 
 
 def n_params(model_or_layer):
@@ -83,6 +96,10 @@ def test_parameter_count_x4(name):
   assert n_params(model) == OFFICIAL_X4[name]
   assert registry.find_regularizer(model) is None
   assert model.get_layer(registry.FEATURES).output.shape[-1] == 64
+  relus = models.activation_layer_names(model)
+  body = models.activation_layer_names(model, include_upsampler=False)
+  assert (len(relus), len(body)) == RELU_MAPS_X4[name]
+  assert body == [n for n in relus if not n.startswith("upsampler_")]
 
 
 def test_srresnet_prelu_is_per_channel():
@@ -100,8 +117,8 @@ def test_carn_single_scale_count(name):
   groups = 4 if name == "carn_m" else 1
   sizes = {}
   for scale in (2, 3, 4):
-    upsampler = blocks.CARNUpsampler(scale, 64, groups)
-    upsampler(tf.zeros([1, 2, 2, 64]))
+    inputs = tf.keras.Input((None, None, 64))
+    upsampler = tf.keras.Model(inputs, blocks.upsampler(inputs, scale, 64, "relu", groups))
     sizes[scale] = n_params(upsampler)
   assert sizes == CARN_UPSAMPLER[name]
   assert OFFICIAL_X4[name] + sizes[2] + sizes[3] == CARN_MULTI_SCALE[name]
@@ -168,3 +185,56 @@ def test_mixed_bfloat16(name):
   features = registry.feature_model(model)(lr)
   assert features.dtype == tf.bfloat16 and features.shape[-1] == 64
 
+
+
+def _builder(name):
+  return models.get_spec(name).builder
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_activation_maps(name):
+  """All rectifier maps and the regularized map in one feature model; shapes and ranges."""
+  model = models.build_model(name, 2, **SMALL[name])
+  names = models.activation_layer_names(model)
+  assert names and len(set(names)) == len(names)
+  lr = tf.random.uniform([1, 5, 4, 3])
+  maps = models.feature_model(model, names + [models.FEATURES])(lr, training=False)
+  assert len(maps) == len(names) + 1
+  np.testing.assert_allclose(maps[-1].numpy(), registry.feature_model(model)(lr).numpy())
+  for layer_name, m in zip(names, maps):
+    assert m.shape[0] == 1 and np.all(np.isfinite(m.numpy())), layer_name
+    up = 2 if layer_name.startswith("upsampler_") else 1
+    if "_ca_" not in layer_name:  # RCAN's channel-attention ReLU is (N, 1, 1, C/r)
+      assert m.shape[1:3] == (5 * up, 4 * up), layer_name
+    if not isinstance(model.get_layer(layer_name), tf.keras.layers.PReLU):
+      assert float(tf.reduce_min(m)) >= 0.0, layer_name
+
+
+@pytest.mark.parametrize("name", [n for n in NETWORKS if n != "srgan"])  # srgan = srresnet
+def test_entropy_layer_positions(name):
+  """Paper sec. 5.4: 'first' puts the regularized map on the head output, same parameters."""
+  regularizer = dict(weight=1.0, delta=1.0, noise=True, estimate_entropy=True)
+  lr = tf.random.uniform([2, 5, 4, 3])
+  counts = {}
+  for position, reg in (("pre_upsampler", regularizer), ("first", regularizer), ("first", None)):
+    model = _builder(name)(2, reg, entropy_layer=position, **SMALL[name])
+    counts[position, reg is None] = n_params(model)
+    features = model.get_layer(registry.FEATURES)
+    assert (registry.find_regularizer(model) is features) == (reg is not None)
+    if position == "first":
+      assert features.input is model.get_layer(HEAD[name]).output
+    else:
+      assert model.get_layer("upsampler_conv0").input is features.output
+    assert registry.feature_model(model)(lr).shape == (2, 5, 4, 64)
+    sr = model(lr, training=True)
+    assert sr.shape == (2, 10, 8, 3) and np.all(np.isfinite(sr.numpy()))
+    assert np.isfinite(float(tf.add_n(model.losses))) if reg else not model.losses
+  assert counts["first", False] == counts["pre_upsampler", False]
+  # The plain network + one density per channel: 64 x 43 parameters (see test_edsr).
+  assert counts["first", False] - counts["first", True] == 64 * 43
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_entropy_layer_unknown(name):
+  with pytest.raises(ValueError, match="pre_upsampler, first"):
+    _builder(name)(2, None, entropy_layer="middle", **SMALL[name])

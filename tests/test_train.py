@@ -68,12 +68,19 @@ def test_cli_trains_exports_and_resumes(tmp_path):
     (["--train_data=t91", "--data_dir=/nonexistent/dir"], "does not exist: /nonexistent/dir"),
     (["--lr_boundaries=10", "--lr_values=1e-4"], "one more entry"),
     (["--lr_boundaries=ten", "--lr_values=1e-4,1e-5"], "lr_boundaries takes integers"),
+    (["--lr_boundaries=10", "--lr_values=1e-4,nan"], "lr_values must be > 0 and finite"),
+    (["--entropy_weight=inf"], "entropy_weight"),
+    (["--train_data=/nonexistent/folder"], "Unknown dataset"),
 ])
 def test_cli_bad_input_one_clear_error(tmp_path, args, message):
   proc = _cli(f"--run_dir={tmp_path / 'r'}", "--steps=1", *args)
   assert proc.returncode != 0
   assert "Traceback" not in proc.stderr
   assert __import__("re").search(message, proc.stderr), proc.stderr[-2000:]
+  # README: one line, exit status 2, and the run directory is not touched.
+  assert proc.returncode == 2
+  assert proc.stderr.rstrip().splitlines()[-1].startswith("tfsr_defense.train: error:")
+  assert not (tmp_path / "r").exists()
 
 
 def test_corrupt_and_incompatible_checkpoints(tmp_path):
@@ -104,7 +111,10 @@ def test_learning_rate_schedules():
 
 def test_config_validation():
   for bad in (dict(delta=-1.0), dict(entropy_weight=-0.1), dict(patch_size=0), dict(scale=5),
-              dict(precision="half"), dict(model="nosuch")):
+              dict(precision="half"), dict(model="nosuch"), dict(delta=float("nan")),
+              dict(entropy_weight=float("inf")), dict(learning_rate=float("inf")),
+              dict(learning_rate=float("nan")), dict(lr_boundaries=[5], lr_values=[1e-4, np.inf]),
+              dict(entropy_layer="last"), dict(adversarial="fgsm"), dict(clip_norm=np.nan)):
     with pytest.raises(ValueError):
       trainer.TrainConfig(**bad).validate()
 
@@ -129,16 +139,19 @@ _DISTRIBUTED = textwrap.dedent("""
             values[v.tag] = float(tf.make_ndarray(v.tensor))
       return values
 
-    runs = []
-    for name, strategy in (("one", tf.distribute.get_strategy()),
-                           ("two", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))):
-      cfg = trainer.TrainConfig(run_dir=sys.argv[1] + "/" + name,
-                                init_from=sys.argv[1] + "/init.weights.h5", **base)
-      trainer.train(cfg, strategy=strategy, log=lambda *_: None)
-      runs.append(logged(cfg.run_dir))
-    print(runs)
-    for key in ("loss", "l_r", "l_e_bits", "psnr_rgb"):
-      np.testing.assert_allclose(runs[0][key], runs[1][key], rtol=1e-5, err_msg=key)
+    strategies = (("one", tf.distribute.get_strategy()),
+                  ("two", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])))
+    # Plain training, and adversarial training (per-example attack: the split cannot matter).
+    for variant in (dict(), dict(adversarial="ifgsm", adv_mix=True)):
+      runs = []
+      for name, strategy in strategies:
+        cfg = trainer.TrainConfig(run_dir=sys.argv[1] + "/" + name + str(len(variant)),
+                                  init_from=sys.argv[1] + "/init.weights.h5", **base, **variant)
+        trainer.train(cfg, strategy=strategy, log=lambda *_: None)
+        runs.append(logged(cfg.run_dir))
+      print(variant, runs)
+      for key in ("loss", "l_r", "l_e_bits", "psnr_rgb"):
+        np.testing.assert_allclose(runs[0][key], runs[1][key], rtol=1e-5, err_msg=key)
 """)
 
 

@@ -30,10 +30,10 @@ import scipy.stats
 import tensorflow as tf
 import tqdm
 
-from tfsr_defense.attacks import base
+from tfsr_defense.attacks import engine as engine_lib
 
-__all__ = ["CleverResult", "clever_sr", "sample_perturbations", "DEFAULT_SAMPLES",
-           "DEFAULT_ALPHA", "DEFAULT_BATCH"]
+__all__ = ["CleverResult", "clever_sr", "sample_perturbations", "compile_gradient_norms",
+           "DEFAULT_SAMPLES", "DEFAULT_ALPHA", "DEFAULT_BATCH"]
 
 DEFAULT_SAMPLES = 1024
 DEFAULT_ALPHA = 1.0 / 255.0
@@ -79,8 +79,18 @@ def sample_perturbations(shape, indices, alpha=DEFAULT_ALPHA, seed=0):
       seeds, fn_output_signature=tf.float32)
 
 
-def _compile(model):
-  call = base.weak_callable(model)
+def compile_gradient_norms(sr):
+  """Compiled fn(x, sr_clean, indices, alpha, seed, clip) -> float32 (len(indices),) ||grad||_1.
+
+  Args:
+    sr: fn(x float32 (N,H,W,3) in [0,1]) -> float32 SR (N,sH,sW,3).
+
+  The returned function perturbs the one image x (1, H, W, C) by Delta_j for
+  the given sample indices (``sample_perturbations``), optionally clips to
+  [0, 1], and returns || grad_x || S(x + Delta_j) - S(x) ||_2 ||_1 per sample,
+  all in one batched gradient. Traced once for every image size.
+  ``GradientEngine.clever_gradients()`` keeps one per engine.
+  """
 
   @tf.function(input_signature=(
       tf.TensorSpec([1, None, None, None], tf.float32, name="x"),
@@ -91,13 +101,12 @@ def _compile(model):
       tf.TensorSpec([], tf.bool, name="clip"),
   ))
   def grad_norms(x, sr_clean, indices, alpha, seed, clip):
-    sr = base.sr_callable(call())
     xs = x + sample_perturbations(tf.shape(x)[1:], indices, alpha, seed)
     xs = tf.cond(clip, lambda: tf.clip_by_value(xs, 0.0, 1.0), lambda: xs)
     with tf.GradientTape() as tape:
       tape.watch(xs)
       # Summed per-sample distances: sample j's gradient is that of its own term.
-      loss = tf.reduce_sum(base.sr_distance(sr(xs), sr_clean))
+      loss = tf.reduce_sum(engine_lib.sr_distance(sr(xs), sr_clean))
     grad = tape.gradient(loss, xs)
     return tf.reduce_sum(tf.abs(grad), axis=[1, 2, 3])
 
@@ -128,8 +137,10 @@ def clever_sr(model, x, *, num_samples=DEFAULT_SAMPLES, alpha=DEFAULT_ALPHA,
   """CLEVER score of an SR network at one LR image (paper eq. 15).
 
   Args:
-    model: Keras SR model or callable float32 (N, H, W, 3) in [0, 1] -> (N,
-      sH, sW, 3) (a dict output uses its 'sr' entry). Compiled once per model.
+    model: ``attacks.GradientEngine`` (its compiled gradient function is
+      reused across images), or a Keras SR model / callable float32
+      (N, H, W, 3) in [0, 1] -> (N, sH, sW, 3) (a dict output uses its 'sr'
+      entry; compiled for this call).
     x: float (H, W, 3) or (1, H, W, 3) LR image in [0, 1].
     num_samples: N_s >= 1 (paper: 1024).
     alpha: alpha_c > 0 in [0, 1] units (paper: 1/255).
@@ -148,8 +159,8 @@ def clever_sr(model, x, *, num_samples=DEFAULT_SAMPLES, alpha=DEFAULT_ALPHA,
     CleverResult.
 
   Raises:
-    ValueError: x not a single image in [0, 1], num_samples < 1, alpha <= 0,
-      batch_size < 1, bad weibull_groups.
+    ValueError: x not a single finite image in [0, 1], num_samples < 1,
+      alpha <= 0, batch_size < 1, bad weibull_groups.
   """
   if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
     raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}.")
@@ -162,11 +173,12 @@ def clever_sr(model, x, *, num_samples=DEFAULT_SAMPLES, alpha=DEFAULT_ALPHA,
   if weibull and not 2 <= weibull_groups <= num_samples:
     raise ValueError(f"weibull_groups must be in [2, num_samples={num_samples}], "
                      f"got {weibull_groups}.")
-  images, _ = base.as_images(x)
+  images, _ = engine_lib.as_images(x)
   if images.shape[0] != 1:
     raise ValueError(f"CLEVER takes one image (H, W, 3) or (1, H, W, 3); got shape {x.shape}.")
-  fn = base.cached(model, ("clever",), lambda: _compile(model))
-  sr_clean = base.sr_callable(model)(images)
+  engine = engine_lib.as_engine(model)
+  fn = engine.clever_gradients()
+  sr_clean = engine.sr(images)
   num_samples, batch_size = int(num_samples), int(batch_size)
   norms = []
   starts = range(0, num_samples, batch_size)

@@ -1,7 +1,7 @@
 """Data: MATLAB-compatible bicubic degradation, dataset registry, tf.data pipelines.
 
 Images cross this module's public functions as uint8 RGB arrays (H, W, 3)
-(grayscale files are converted to RGB) or, in the tf.data pipelines, as
+(every image mode is converted to 8-bit RGB: ``load_image``) or, in the tf.data pipelines, as
 float32 RGB in [0, 1], NHWC.
 
 Benchmark LR images (Set5, Set14, BSD100) are MATLAB ``imresize(HR, 1/s,
@@ -146,22 +146,87 @@ class ImagePair:
   hr: np.ndarray
 
 
+def _png_header(path):
+  """(bit depth, colour type) of a PNG file, or None for other files."""
+  with open(path, "rb") as f:
+    head = f.read(26)
+  if head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+    return None
+  return head[24], head[25]
+
+
+def _to_uint8(samples, bits):
+  """Unsigned ``bits``-bit samples -> uint8, rounded: round(v * 255 / (2^bits - 1))."""
+  top = float(2 ** bits - 1)
+  return np.floor(np.asarray(samples, np.float64) * (255.0 / top) + 0.5).astype(np.uint8)
+
+
+def _drop_alpha(path, rgb, alpha, top):
+  if alpha is not None and np.any(np.asarray(alpha) < top):
+    warnings.warn(f"{path}: the alpha channel (transparency) is dropped; the colour channels "
+                  "are used as stored.")
+  return rgb
+
+
+def _grey_or_rgb(path, array, bits):
+  """(H, W, C) unsigned samples with C in 1..4 (grey, grey+alpha, RGB, RGBA) -> uint8 RGB."""
+  channels = array.shape[-1]
+  alpha = array[..., -1] if channels in (2, 4) else None
+  colour = array[..., :3] if channels >= 3 else np.repeat(array[..., :1], 3, axis=-1)
+  return _to_uint8(_drop_alpha(path, colour, alpha, 2 ** bits - 1), bits)
+
+
 def load_image(path):
-  """Read an image file as uint8 RGB (H, W, 3); grayscale and palette images become RGB.
+  """Read an image file as uint8 RGB (H, W, 3), whatever its mode.
+
+  Modes (Pillow's names) and what becomes of them: ``1`` (bilevel: 0 / 255),
+  ``L`` and ``P`` (palette) -> grey or palette colours replicated to RGB;
+  ``I;16*`` and ``I`` (16-bit grey; ``I`` values are read as 16-bit samples)
+  -> round(v * 255 / 65535); 16-bit RGB/RGBA PNG (decoded with all 16 bits by
+  ``tf.io.decode_png``, Pillow truncates them) -> round(v * 255 / 65535);
+  ``LA``, ``PA``, ``RGBA`` and palettes with transparency -> the colour
+  channels, alpha dropped with a warning when it is not fully opaque;
+  ``RGB``, ``CMYK``, ``YCbCr`` -> RGB (Pillow's conversion).
 
   Raises:
     FileNotFoundError: the file does not exist.
-    ValueError: the file cannot be decoded as an image (names the file).
+    ValueError: the file cannot be decoded as an image, or its mode
+      (e.g. ``F``, floating point) has no defined 8-bit RGB form (names the
+      file and mode).
   """
   if not os.path.isfile(path):
     raise FileNotFoundError(f"Image file not found: {path}")
   try:
+    header = _png_header(path)
+    if header is not None and header[0] == 16:  # 16-bit PNG: all 16 bits through TensorFlow
+      with open(path, "rb") as f:
+        array = tf.io.decode_png(f.read(), dtype=tf.uint16).numpy()
+      return _grey_or_rgb(path, array, 16)
     with Image.open(path) as img:
       img.load()
-      if img.mode != "RGB":
-        img = img.convert("RGB")
-      return np.asarray(img, dtype=np.uint8)
-  except (OSError, SyntaxError, ValueError) as e:
+      mode = img.mode
+      if mode == "RGB":
+        return np.asarray(img, dtype=np.uint8)
+      if mode in ("1", "L"):
+        return np.repeat(np.asarray(img.convert("L"), np.uint8)[..., None], 3, axis=-1)
+      if mode.startswith("I;16") or mode == "I":
+        values = np.asarray(img, dtype=np.int64)
+        if values.min() < 0 or values.max() > 65535:
+          raise ValueError(f"mode {mode} with values in [{values.min()}, {values.max()}], "
+                           "outside the 16-bit range [0, 65535]")
+        return _grey_or_rgb(path, values[..., None], 16)
+      if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        mode = img.mode
+        if mode == "RGB":
+          return np.asarray(img, dtype=np.uint8)
+      if mode in ("LA", "La", "PA", "RGBA", "RGBa"):
+        img = img.convert("LA" if mode in ("LA", "La") else "RGBA")
+        return _grey_or_rgb(path, np.asarray(img, np.uint8), 8)
+      if mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
+        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+      raise ValueError(f"mode {mode} has no defined 8-bit RGB form")
+  except (OSError, SyntaxError, ValueError, tf.errors.OpError) as e:
     raise ValueError(f"Cannot read image {path}: {e}") from e
 
 
@@ -304,7 +369,7 @@ def random_patch(lr, hr, patch_size, scale, augment=True, seed=None):
   return lr, hr
 
 
-def train_dataset(pairs, patch_size, scale, batch_size, augment=True, seed=None):
+def train_dataset(pairs, patch_size, scale, batch_size, augment=True, seed=None, skip_batches=0):
   """Infinite batched dataset of random aligned patches from in-memory pairs.
 
   Args:
@@ -312,13 +377,21 @@ def train_dataset(pairs, patch_size, scale, batch_size, augment=True, seed=None)
       skipped with a warning.
     patch_size: LR patch side p >= 1 (pixels). HR patches are s*p.
     batch_size: global batch size.
+    augment: random flips and transpose.
+    seed: int seed of the image order and of every patch's crop and flips.
+    skip_batches: start after this many batches: the dataset then yields what
+      the same call with skip_batches=0 yields from batch ``skip_batches`` on
+      (a resumed training run continues the uninterrupted run's sequence),
+      without computing the skipped patches.
 
   Returns:
     tf.data.Dataset of (lr (B, p, p, 3), hr (B, sp, sp, 3)) float32 in [0, 1].
 
   Raises:
-    ValueError: patch_size < 1 or no image is large enough.
+    ValueError: patch_size < 1, skip_batches < 0, or no image is large enough.
   """
+  if skip_batches < 0:
+    raise ValueError(f"skip_batches must be >= 0, got {skip_batches}.")
   if patch_size < 1:
     raise ValueError(f"patch_size must be >= 1, got {patch_size}.")
   usable = []
@@ -335,14 +408,25 @@ def train_dataset(pairs, patch_size, scale, batch_size, augment=True, seed=None)
   # seed gives the same batches even with parallel map threads (a stateful RNG
   # there hands out its numbers in thread order).
   base = int(rng.integers(2**31))
+  skip = int(skip_batches) * int(batch_size)  # patches already drawn
 
   def images():
+    # The same permutations in the same order as an unskipped run: draw and
+    # drop the skipped ones (index arithmetic only).
+    left = skip
     while True:
-      for i in rng.permutation(len(usable)):
+      order = rng.permutation(len(usable))
+      if left < len(order):
+        break
+      left -= len(order)
+    order = order[left:]
+    while True:
+      for i in order:
         yield usable[i].lr, usable[i].hr
+      order = rng.permutation(len(usable))
 
   sig = (tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([None, None, 3], tf.uint8))
-  ds = tf.data.Dataset.from_generator(images, output_signature=sig).enumerate()
+  ds = tf.data.Dataset.from_generator(images, output_signature=sig).enumerate(start=skip)
   ds = ds.map(lambda k, pair: random_patch(*pair, patch_size, scale, augment,
                                            seed=tf.stack([tf.constant(base, tf.int64), k])),
               num_parallel_calls=tf.data.AUTOTUNE)
@@ -354,7 +438,9 @@ def div2k_train_dataset(scale, patch_size, batch_size, data_dir=None, augment=Tr
   """DIV2K training patches through tensorflow-datasets (``div2k/bicubic_x<s>``).
 
   Needs the internet the first time (tfds downloads and prepares DIV2K);
-  DIV2K's LR files are MATLAB bicubic like the benchmarks.
+  DIV2K's LR files are MATLAB bicubic like the benchmarks. ``data_dir`` is
+  tfds' data directory (the trainer passes its --data_dir; None: tfds'
+  default, ~/tensorflow_datasets).
 
   Returns:
     tf.data.Dataset of (lr (B, p, p, 3), hr (B, sp, sp, 3)) float32 in [0, 1].

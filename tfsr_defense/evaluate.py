@@ -5,7 +5,10 @@
         --report_dir=results/x
 
 --models takes run directories (their export/1 SavedModel) or SavedModel
-directories; --eps is in units of 1/255. The report (rows.jsonl / rows.csv
+directories; --eps is in units of 1/255. --defenses=jpeg:75,resize:0.9-1.1
+puts input pre-processing in front (both threat models) and
+--precision=mixed_bfloat16 computes the gradients in bfloat16: both use the
+Keras network of a training run directory. The report (rows.jsonl / rows.csv
 per image, summary.json / summary.csv / summary.md, examples/, plots/) goes to
 --report_dir; re-running the same command resumes there, skipping finished
 cells. Bad input (missing model, SavedModel without the 'sr_float' signature,
@@ -13,11 +16,12 @@ FDA without a 'features' signature, unknown dataset or attack) prints one
 error line and exits with status 2.
 """
 
+import os
 import sys
 
 from absl import flags
 
-from tfsr_defense import attacks, cli, data, evaluation
+from tfsr_defense import attacks, cli, data, defenses, evaluation, reports, serving, trainer
 
 FLAGS = flags.FlagValues()  # this CLI's own flags (cli.py)
 
@@ -35,8 +39,32 @@ flags.DEFINE_list("attacks", ["fda", "ifgsm"], f"Attacks: {', '.join(attacks.kno
                   flag_values=FLAGS)
 flags.DEFINE_list("eps", ["1", "2", "4", "8", "16", "32"],
                   "L-inf radii in units of 1/255 (the paper's 1,2,4,8,16,32).", flag_values=FLAGS)
-flags.DEFINE_integer("steps", 50, "Iterations of the iterative attacks (paper: 50).",
-                     flag_values=FLAGS)
+flags.DEFINE_integer("steps", 50, "Iterations of the iterative SR attacks: I-FGSM, PGD, "
+                     "MI-FGSM (paper: 50).", flag_values=FLAGS)
+flags.DEFINE_string("fda_layers", "relu",
+                    "FDA's feature maps: relu (every activation layer + the regularized "
+                    "'features' map: the official FDA), features (that map only), or "
+                    "comma-separated layer names (Keras models).", flag_values=FLAGS)
+flags.DEFINE_integer("fda_steps", attacks.fda.DEFAULT_STEPS,
+                     "FDA iterations (official FDA: 10).", flag_values=FLAGS)
+flags.DEFINE_float("fda_step_size", attacks.fda.STEP_FRACTION,
+                   "FDA step size as a fraction of eps (official FDA: 1/8 = 0.125).",
+                   flag_values=FLAGS)
+flags.DEFINE_enum("precision", "float32", attacks.engine.ATTACK_PRECISIONS,
+                  "Precision of the attack and CLEVER gradients: mixed_bfloat16 runs them "
+                  "on a bfloat16 copy (faster on CPUs with AVX512-BF16; needs training run "
+                  "directories in --models); PSNRs are always measured in float32.",
+                  flag_values=FLAGS)
+flags.DEFINE_list("defenses", ["none"],
+                  "Input pre-processing in front of every model (tfsr_defense.defenses): none, "
+                  "jpeg:<quality>, resize:<lo>-<hi>[:bilinear|nearest|bicubic]. Other than none "
+                  "needs training run directories in --models.", flag_values=FLAGS)
+flags.DEFINE_list("threat_models", list(defenses.THREAT_MODELS),
+                  "Threat models of the defended models: non-adaptive (attack the bare "
+                  "network) and/or adaptive (BPDA through JPEG, EOT through random resize).",
+                  flag_values=FLAGS)
+flags.DEFINE_integer("eot_samples", 8, "Draws averaged by the adaptive attack on a random "
+                     "defense (expectation over transformation).", flag_values=FLAGS)
 flags.DEFINE_bool("clever", False, "Also compute the CLEVER score (paper eq. 15).",
                   flag_values=FLAGS)
 flags.DEFINE_integer("clever_samples", 1024, "CLEVER N_s (paper: 1024).", flag_values=FLAGS)
@@ -54,12 +82,16 @@ flags.DEFINE_string("report_dir", None, "Output directory (resumable).", flag_va
 
 
 def _eps_values(values):
+  """--eps (units of 1/255) -> [0, 1] units. Raises ValueError naming the flag's units."""
   out = []
   for v in values:
     try:
-      out.append(float(v) / 255.0)
+      e = float(v)
     except ValueError:
       raise ValueError(f"--eps takes numbers in units of 1/255 (e.g. 1,2,4); got {v!r}.") from None
+    if not 0.0 <= e <= 255.0:
+      raise ValueError(f"--eps is in units of 1/255 and must be in [0, 255]; got {v!r}.")
+    out.append(e / 255.0)
   return out
 
 
@@ -75,7 +107,29 @@ def run_from_flags():
     attacks.get_spec(name)
   eps = _eps_values(FLAGS.eps)
   names = FLAGS.names or [None] * len(FLAGS.models)
-  sr_models = [evaluation.load_sr_model(p, name=n) for p, n in zip(FLAGS.models, names)]
+  for spec in FLAGS.defenses:
+    defenses.parse_defense(spec)
+  for threat in FLAGS.threat_models:
+    if threat not in defenses.THREAT_MODELS:
+      raise ValueError(f"Unknown threat model {threat!r}: use "
+                       f"{', '.join(defenses.THREAT_MODELS)}.")
+  keras = FLAGS.precision != "float32" or any(spec != "none" for spec in FLAGS.defenses)
+  sr_models = []
+  for path, name in zip(FLAGS.models, names):
+    if not keras:
+      sr_models.append(serving.load_sr_model(path, name=name))
+      continue
+    if not os.path.isfile(os.path.join(path, "config.json")):
+      raise FileNotFoundError(
+          f"--precision={FLAGS.precision} / --defenses={','.join(FLAGS.defenses)} need the Keras "
+          f"network of a training run directory (config.json + weights); {path} is not one.")
+    config, net, _, _ = trainer.load_run_model(path)
+    base = name or os.path.basename(os.path.normpath(path))
+    for spec in FLAGS.defenses:
+      label = base if spec == "none" else f"{base} + {spec}"
+      sr_models += defenses.defended_sr_models(
+          net, spec, name=label, scale=config.scale, threat_models=FLAGS.threat_models,
+          eot_samples=FLAGS.eot_samples).values()
   by_scale = {}
   for m in sr_models:
     by_scale.setdefault(m.scale, []).append(m)
@@ -84,7 +138,8 @@ def run_from_flags():
   for scale, group in sorted(by_scale.items()):
     datasets = {name: data.load_pairs(name, scale, data_dir=FLAGS.data_dir,
                                       max_images=FLAGS.max_images) for name in FLAGS.datasets}
-    evaluation.check_request(group, datasets, FLAGS.attacks, eps, FLAGS.steps)
+    evaluation.check_request(group, datasets, FLAGS.attacks, eps, FLAGS.steps, FLAGS.precision,
+                             **_fda_options())
     jobs.append((group, datasets))
   result = None
   for group, datasets in jobs:
@@ -92,8 +147,14 @@ def run_from_flags():
         group, datasets, FLAGS.report_dir, attacks=FLAGS.attacks, eps=eps, steps=FLAGS.steps,
         clever=FLAGS.clever, clever_samples=FLAGS.clever_samples,
         clever_batch=FLAGS.clever_batch, clever_weibull=FLAGS.clever_weibull, seed=FLAGS.seed,
-        num_examples=FLAGS.examples, progress=True, plots=FLAGS.plots)
+        precision=FLAGS.precision, num_examples=FLAGS.examples, progress=True, plots=FLAGS.plots,
+        **_fda_options())
   return result
+
+
+def _fda_options():
+  return dict(fda_layers=FLAGS.fda_layers, fda_steps=FLAGS.fda_steps,
+              fda_step_fraction=FLAGS.fda_step_size)
 
 
 def main(argv):
@@ -105,12 +166,13 @@ def main(argv):
           file=sys.stderr)
     raise
   print(f"{result['computed']} cells computed, {result['skipped']} already done. "
-        f"Report: {result['report_dir']}/{evaluation.MARKDOWN_FILE}")
+        f"Report: {result['report_dir']}/{reports.MARKDOWN_FILE}")
 
 
 def run(argv=None):
   """Console entry point ``tfsr-evaluate``."""
-  cli.run(main, FLAGS, prog="tfsr_defense.evaluate", doc=__doc__, argv=argv)
+  cli.run(main, FLAGS, prog="tfsr_defense.evaluate", doc=__doc__, argv=argv,
+          errors=(ValueError, FileNotFoundError, trainer.CheckpointError))
 
 
 if __name__ == "__main__":

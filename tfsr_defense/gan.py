@@ -28,7 +28,7 @@ import os
 
 import tensorflow as tf
 
-from tfsr_defense import metrics
+from tfsr_defense import losses, metrics, precision
 
 __all__ = ["GAN_MODELS", "ADVERSARIAL_WEIGHT", "VGG_FEATURE_SCALE", "VGG19_NOTOP_URL",
            "VGGWeightsError", "is_gan_model", "build_discriminator", "build_vgg54",
@@ -194,12 +194,6 @@ def discriminator_loss(real_logits, fake_logits):
   return tf.nn.softplus(-real) + tf.nn.softplus(fake)
 
 
-def _entropy_weight(model):
-  from tfsr_defense.models import registry  # pylint: disable=g-import-not-at-top
-  layer = registry.find_regularizer(model)
-  return layer.weight if layer is not None else 0.0
-
-
 def make_gan_step_fn(generator, discriminator, vgg, g_optimizer, d_optimizer,
                      adversarial_weight=ADVERSARIAL_WEIGHT, global_batch_size=None):
   """One replica's GAN update, for ``strategy.run`` (not wrapped in tf.function).
@@ -221,23 +215,14 @@ def make_gan_step_fn(generator, discriminator, vgg, g_optimizer, d_optimizer,
 
   Returns:
     fn(lr, hr) -> dict of float32 scalars, each this replica's share of the
-    global mean (a SUM over replicas gives the mean): loss (G total), l_r
-    (perceptual loss l_SR), content (l_VGG54), adversarial (l_Gen), l_e_bits
-    (L_e in bits, 0 without regularizer), d_loss, d_real / d_fake (mean D
-    probability on HR / SR), psnr_rgb (dB, peak 1, unclipped SR clipped to [0,1]).
+    global mean (a SUM over replicas gives the mean): loss (G total),
+    perceptual (l_SR = content + adversarial_weight * adversarial), content
+    (l_VGG54), adversarial (l_Gen), reg (the generator's added losses, lambda
+    L_e included), l_e_bits (L_e in bits per element, by value from the
+    regularizer, 0 without one), d_loss, d_real / d_fake (mean D probability
+    on HR / SR), psnr_rgb (dB, peak 1, unclipped SR clipped to [0,1]).
     lr: float32 [0,1] (n, h, w, 3); hr: (n, sh, sw, 3).
   """
-  lam = _entropy_weight(generator)
-
-  def scaled(optimizer, loss):
-    if isinstance(optimizer, tf.keras.mixed_precision.LossScaleOptimizer):
-      return optimizer.get_scaled_loss(loss)
-    return loss
-
-  def unscaled(optimizer, grads):
-    if isinstance(optimizer, tf.keras.mixed_precision.LossScaleOptimizer):
-      return optimizer.get_unscaled_gradients(grads)
-    return grads
 
   def step_fn(lr, hr):
     replicas = tf.distribute.get_replica_context().num_replicas_in_sync
@@ -254,26 +239,24 @@ def make_gan_step_fn(generator, discriminator, vgg, g_optimizer, d_optimizer,
       content = average(content_loss(vgg, sr, hr))
       adversarial = average(generator_adversarial_loss(fake_logits))
       perceptual = content + adversarial_weight * adversarial
-      reg = tf.add_n(generator.losses) if generator.losses else tf.constant(0.0)
-      reg = tf.nn.scale_regularization_loss(tf.cast(reg, tf.float32))
+      reg, bits = losses.regularization_terms(generator)
       g_loss = perceptual + reg
       d_loss = average(discriminator_loss(real_logits, fake_logits))
       if discriminator.losses:
         d_loss += tf.nn.scale_regularization_loss(
             tf.cast(tf.add_n(discriminator.losses), tf.float32))
-      g_scaled = scaled(g_optimizer, g_loss)
-      d_scaled = scaled(d_optimizer, d_loss)
+      g_scaled = precision.scale_loss(g_optimizer, g_loss)
+      d_scaled = precision.scale_loss(d_optimizer, d_loss)
     g_vars = generator.trainable_variables
     d_vars = discriminator.trainable_variables
-    g_grads = unscaled(g_optimizer, g_tape.gradient(g_scaled, g_vars))
-    d_grads = unscaled(d_optimizer, d_tape.gradient(d_scaled, d_vars))
+    g_grads = precision.unscale_gradients(g_optimizer, g_tape.gradient(g_scaled, g_vars))
+    d_grads = precision.unscale_gradients(d_optimizer, d_tape.gradient(d_scaled, d_vars))
     g_optimizer.apply_gradients(zip(g_grads, g_vars))
     d_optimizer.apply_gradients(zip(d_grads, d_vars))
     psnr = metrics.psnr(tf.clip_by_value(sr, 0.0, 1.0), hr, "rgb")
     return dict(
-        loss=g_loss, l_r=perceptual, content=content, adversarial=adversarial,
-        l_e_bits=reg / lam if lam > 0 else tf.constant(0.0),
-        d_loss=d_loss,
+        loss=g_loss, perceptual=perceptual, content=content, adversarial=adversarial,
+        reg=reg, l_e_bits=bits, d_loss=d_loss,
         d_real=tf.reduce_sum(tf.sigmoid(tf.cast(real_logits, tf.float32))) / batch_f,
         d_fake=tf.reduce_sum(tf.sigmoid(tf.cast(fake_logits, tf.float32))) / batch_f,
         psnr_rgb=tf.reduce_sum(psnr) / batch_f)
@@ -293,16 +276,9 @@ def make_gan_train_step(generator, discriminator, vgg, g_optimizer, d_optimizer,
   Args:
     strategy: tf.distribute strategy (default: the current one).
   """
-  strategy = strategy or tf.distribute.get_strategy()
   step_fn = make_gan_step_fn(generator, discriminator, vgg, g_optimizer, d_optimizer,
                              adversarial_weight, global_batch_size)
-
-  @tf.function
-  def train_step(lr, hr):
-    out = strategy.run(step_fn, args=(lr, hr))
-    return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in out.items()}
-
-  return train_step
+  return precision.distributed_step(step_fn, strategy)
 
 
 def load_generator_weights(generator, run_dir):
@@ -331,10 +307,10 @@ def load_generator_weights(generator, run_dir):
       saved = json.load(f)
     if saved.get("model") not in ("srresnet", "srgan"):
       raise ValueError(f"{run_dir} is a run of '{saved.get('model')}', not of srresnet/srgan.")
-    upsampler = generator.get_layer("upsampler")
-    if "scale" in saved and int(saved["scale"]) != upsampler.scale:
-      raise ValueError(f"{run_dir} is a x{saved['scale']} run; "
-                       f"the generator is x{upsampler.scale}.")
+    # The generator's scale, measured: output side / input side on a small input.
+    scale = int(generator(tf.zeros([1, 4, 4, 3]), training=False).shape[1]) // 4
+    if "scale" in saved and int(saved["scale"]) != scale:
+      raise ValueError(f"{run_dir} is a x{saved['scale']} run; the generator is x{scale}.")
   weights = os.path.join(run_dir, "model.weights.h5")
   hint = ("phase one and two need the same --scale and both lambda > 0 or both lambda = 0")
   if os.path.isfile(weights):

@@ -8,7 +8,9 @@ public [0,1] images to the native range first.
 
 import tensorflow as tf
 
-__all__ = ["reconstruction_loss"]
+from tfsr_defense.layers import entropy
+
+__all__ = ["reconstruction_loss", "regularization_terms"]
 
 
 def reconstruction_loss(sr, hr, loss="l1", pixel_range=(0.0, 255.0)):
@@ -32,3 +34,25 @@ def reconstruction_loss(sr, hr, loss="l1", pixel_range=(0.0, 255.0)):
   if loss == "l2":
     return tf.reduce_mean(tf.square(diff), axis=[1, 2, 3])
   raise ValueError(f"Unknown reconstruction loss {loss!r}: use 'l1' or 'l2'.")
+
+
+def regularization_terms(model):
+  """The model's added losses and L_e after a training call, for one replica's step.
+
+  Call right after ``model(x, training=True)`` (same step / tf.function).
+
+  Args:
+    model: Keras model (possibly with EntropyRegularizer layers and other
+      ``add_loss`` terms).
+
+  Returns:
+    (reg, bits), float32 scalars, each divided by the replicas in sync (a SUM
+    over replicas gives the value): reg = the sum of ``model.losses``
+    (lambda L_e and any other added loss), bits = L_e of eq. 1 in bits per
+    element before lambda, read by value from the regularizer layer(s)
+    (``layers.entropy.entropy_bits``; 0 without one), never recovered from reg.
+  """
+  added = [tf.cast(l, tf.float32) for l in model.losses]
+  reg = tf.add_n(added) if added else tf.constant(0.0, tf.float32)
+  return (tf.nn.scale_regularization_loss(reg),
+          tf.nn.scale_regularization_loss(entropy.entropy_bits(model)))

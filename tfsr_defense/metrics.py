@@ -18,7 +18,8 @@ compare the SR outputs of the two (Y, shave = scale, peak 255).
 
 import tensorflow as tf
 
-__all__ = ["rgb_to_y", "psnr", "ssim", "lr_psnr", "sr_psnr", "sr_ssim", "SSIM_WINDOW"]
+__all__ = ["rgb_to_y", "psnr", "ssim", "sr_quality", "lr_psnr", "sr_psnr", "sr_ssim",
+           "SSIM_WINDOW"]
 
 # Gaussian window of SSIM (Wang et al. 2004): 11 x 11, sigma 1.5.
 SSIM_WINDOW = 11
@@ -88,6 +89,30 @@ def ssim(a, b, channel="y", shave=0):
     raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels after "
                      f"shaving {shave}; got {a.shape[1]}x{a.shape[2]}.")
   return tf.image.ssim(a, b, max_val=peak, filter_size=SSIM_WINDOW, filter_sigma=1.5)
+
+
+def sr_quality(sr, hr, scale):
+  """Clean quality of an SR output against its HR image, the SR convention of the tables.
+
+  PSNR-Y and SSIM-Y: Y of MATLAB rgb2ycbcr (peak 255), ``scale`` pixels shaved
+  from every border; ``sr`` is clipped to [0, 1] first (networks' outputs are
+  not clipped). The one function the trainer's validation and the evaluation
+  use for clean PSNR/SSIM.
+
+  Args:
+    sr: float (N, sH, sW, 3) or (sH, sW, 3) RGB, nominally [0, 1].
+    hr: float RGB in [0, 1] of the same shape.
+    scale: SR scale s (the border shaved, pixels).
+
+  Returns:
+    (psnr_y, ssim_y): float32 (N,) each; dB (inf if identical) and unitless.
+
+  Raises:
+    ValueError: shapes differ, not RGB, or smaller than SSIM's 11x11 window
+      after shaving.
+  """
+  sr = tf.clip_by_value(tf.cast(sr, tf.float32), 0.0, 1.0)
+  return psnr(sr, hr, "y", shave=scale), ssim(sr, hr, "y", shave=scale)
 
 
 def lr_psnr(x, x_adv):

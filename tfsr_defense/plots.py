@@ -17,12 +17,14 @@ import os
 
 import matplotlib
 
+from tfsr_defense import reports
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=wrong-import-position
 import numpy as np  # noqa: E402  pylint: disable=wrong-import-position
 
 __all__ = ["plot_sr_psnr_vs_eps", "plot_lr_vs_sr_psnr", "plot_clever_vs_sr_psnr",
-           "plot_example", "plot_features", "make_plots", "PLOTS_DIR"]
+           "plot_example", "plot_features", "plot_suite", "make_plots", "PLOTS_DIR"]
 
 PLOTS_DIR = "plots"
 _SR_LABEL = "SR-PSNR (dB): S(x) vs S(x~), Y, shave = scale"
@@ -41,15 +43,15 @@ def plot_sr_psnr_vs_eps(summary, path, dataset, attack):
   """Mean SR-PSNR vs eps, one line per model (paper Fig. 2).
 
   Args:
-    summary: aggregated rows (``evaluation.summarize``).
+    summary: aggregated rows (``reports.summarize``).
     path: output .png.
-    dataset, attack: which rows.
+    dataset, attack: which rows (attack: ``reports.attack_label``, e.g. 'fda (relu)').
 
   Returns:
     path, or None if there is nothing to plot.
   """
   rows = [s for s in summary if s["kind"] == "attack" and s["dataset"] == dataset
-          and s["attack"] == attack and s.get("sr_psnr") is not None]
+          and reports.attack_label(s) == attack and s.get("sr_psnr") is not None]
   if not rows:
     return None
   fig, ax = plt.subplots(figsize=(5, 3.6))
@@ -71,7 +73,7 @@ def plot_sr_psnr_vs_eps(summary, path, dataset, attack):
 def plot_lr_vs_sr_psnr(rows, path, dataset, attack):
   """Per-image LR-PSNR (x) vs SR-PSNR (y), colour = model, all eps (paper Fig. 5a, b)."""
   rows = [r for r in rows if r["kind"] == "attack" and r["dataset"] == dataset
-          and r["attack"] == attack and r.get("lr_psnr") is not None
+          and reports.attack_label(r) == attack and r.get("lr_psnr") is not None
           and r.get("sr_psnr") is not None]
   if not rows:
     return None
@@ -97,7 +99,7 @@ def plot_clever_vs_sr_psnr(rows, path, dataset, attack, eps_255):
            if r["kind"] == "clever" and r["dataset"] == dataset and r.get("clever") is not None}
   pts = {}
   for r in rows:
-    if (r["kind"] == "attack" and r["dataset"] == dataset and r["attack"] == attack
+    if (r["kind"] == "attack" and r["dataset"] == dataset and reports.attack_label(r) == attack
         and r.get("eps_255") == eps_255 and r.get("sr_psnr") is not None
         and (r["model"], r["image"]) in score):
       pts.setdefault(r["model"], []).append((score[(r["model"], r["image"])], r["sr_psnr"]))
@@ -112,6 +114,64 @@ def plot_clever_vs_sr_psnr(rows, path, dataset, attack, eps_255):
   ax.set_title(f"{attack} {eps_255:g}/255 on {dataset}")
   ax.grid(True, alpha=0.3)
   ax.legend(fontsize=8)
+  return _save(fig, path)
+
+
+def plot_suite(summary, variants, path, title=None):
+  """A study's figure (paper Figs. 5-9): SR-PSNR vs eps per variant; CLEVER vs clean PSNR.
+
+  Args:
+    summary: aggregated rows (``reports.summarize``) of the suite's report.
+    variants: the variant (model) names, in the suite's order.
+    path: output .png.
+    title: figure title.
+
+  The attack panels use BSD100 when it was attacked, else Set5; the last panel
+  places every variant by its clean PSNR-Y (BSD100 if measured, else Set5) and
+  its mean CLEVER on Set5 (higher = more vulnerable).
+
+  Returns:
+    path, or None when the summary holds none of the variants.
+  """
+  mine = [s for s in summary if s["model"] in variants]
+  if not mine:
+    return None
+  attacked = [s for s in mine if s["kind"] == "attack" and s.get("sr_psnr") is not None]
+  datasets = {s["dataset"] for s in attacked}
+  dataset = "bsd100" if "bsd100" in datasets else (sorted(datasets) or ["set5"])[0]
+  labels = sorted({reports.attack_label(s) for s in attacked if s["dataset"] == dataset})
+  fig, axes = plt.subplots(1, len(labels) + 1, figsize=(4.6 * (len(labels) + 1), 3.8),
+                           squeeze=False)
+  axes = axes[0]
+  for ax, label in zip(axes, labels):
+    for name in variants:
+      pts = sorted((s["eps_255"], s["sr_psnr"]) for s in attacked if s["model"] == name
+                   and s["dataset"] == dataset and reports.attack_label(s) == label)
+      if pts:
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("eps (/255)")
+    ax.set_ylabel(_SR_LABEL, fontsize=7)
+    ax.set_title(f"{label} on {dataset}", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+  clean_sets = {s["dataset"] for s in mine if s["kind"] == "clean"}
+  clean_set = "bsd100" if "bsd100" in clean_sets else "set5"
+  ax = axes[-1]
+  for name in variants:
+    clean = [s["psnr_y"] for s in mine if s["model"] == name and s["kind"] == "clean"
+             and s["dataset"] == clean_set and s.get("psnr_y") is not None]
+    score = [s["clever"] for s in mine if s["model"] == name and s["kind"] == "clever"
+             and s["dataset"] == "set5" and s.get("clever") is not None]
+    if clean and score:
+      ax.scatter(clean, score, s=30)
+      ax.annotate(name, (clean[0], score[0]), fontsize=7, xytext=(3, 3),
+                  textcoords="offset points")
+  ax.set_xlabel(f"clean PSNR-Y on {clean_set} (dB)")
+  ax.set_ylabel("CLEVER on Set5 (higher = more vulnerable)", fontsize=8)
+  ax.grid(True, alpha=0.3)
+  if title:
+    fig.suptitle(title, fontsize=10)
   return _save(fig, path)
 
 
@@ -193,31 +253,31 @@ def make_plots(report_dir, example_eps_255=None):
   Returns:
     list of the .png paths written.
   """
-  from tfsr_defense import evaluation  # pylint: disable=g-import-not-at-top
-  rows = evaluation.read_rows(report_dir)
-  summary_path = os.path.join(report_dir, evaluation.SUMMARY_FILE)
+  rows = reports.read_rows(report_dir)
+  summary_path = os.path.join(report_dir, reports.SUMMARY_FILE)
   if os.path.isfile(summary_path):
     with open(summary_path, encoding="utf-8") as f:
       summary = json.load(f)["summary"]
   else:
-    summary = evaluation.summarize(rows)
+    summary = reports.summarize(rows)
   out_dir = os.path.join(report_dir, PLOTS_DIR)
   written = []
-  combos = sorted({(r["dataset"], r["attack"]) for r in rows if r["kind"] == "attack"})
+  combos = sorted({(r["dataset"], reports.attack_label(r)) for r in rows
+                   if r["kind"] == "attack"})
   for dataset, attack in combos:
+    stem = f"{dataset}__{reports.safe_name(attack)}"
     written.append(plot_sr_psnr_vs_eps(
-        summary, os.path.join(out_dir, f"sr_psnr_vs_eps__{dataset}__{attack}.png"), dataset,
-        attack))
+        summary, os.path.join(out_dir, f"sr_psnr_vs_eps__{stem}.png"), dataset, attack))
     written.append(plot_lr_vs_sr_psnr(
-        rows, os.path.join(out_dir, f"lr_vs_sr_psnr__{dataset}__{attack}.png"), dataset, attack))
+        rows, os.path.join(out_dir, f"lr_vs_sr_psnr__{stem}.png"), dataset, attack))
     eps_values = sorted({r["eps_255"] for r in rows if r["kind"] == "attack"
-                         and r["dataset"] == dataset and r["attack"] == attack})
+                         and r["dataset"] == dataset and reports.attack_label(r) == attack})
     if eps_values:
       e = _pick_eps(eps_values) if example_eps_255 is None else example_eps_255
       written.append(plot_clever_vs_sr_psnr(
-          rows, os.path.join(out_dir, f"clever_vs_sr_psnr__{dataset}__{attack}__{e:g}.png"),
+          rows, os.path.join(out_dir, f"clever_vs_sr_psnr__{stem}__{e:g}.png"),
           dataset, attack, e))
-  examples = sorted(glob.glob(os.path.join(report_dir, evaluation.EXAMPLES_DIR, "*.npz")))
+  examples = sorted(glob.glob(os.path.join(report_dir, reports.EXAMPLES_DIR, "*.npz")))
   groups = {}
   for p in examples:
     stem, eps_part = os.path.basename(p)[:-4].rsplit("__", 1)

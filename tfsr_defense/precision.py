@@ -1,4 +1,4 @@
-"""Choice of numeric precision and tf.distribute strategy for training and attacks."""
+"""Choice of numeric precision and tf.distribute strategy for training; loss scaling helpers."""
 
 import contextlib
 import json
@@ -6,10 +6,11 @@ import os
 
 import tensorflow as tf
 
-__all__ = ["PRECISIONS", "STRATEGIES", "cpu_has_bf16", "resolve_precision", "make_strategy",
-           "policy_scope"]
+__all__ = ["TRAIN_PRECISIONS", "STRATEGIES", "cpu_has_bf16", "resolve_precision", "make_strategy",
+           "policy_scope", "scale_loss", "unscale_gradients", "distributed_step"]
 
-PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+# Precisions the trainer accepts (--precision); the attacks have their own set.
+TRAIN_PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 
 
@@ -36,8 +37,8 @@ def resolve_precision(precision="auto"):
   Raises:
     ValueError: unknown name.
   """
-  if precision not in PRECISIONS:
-    raise ValueError(f"Unknown precision '{precision}': use one of {', '.join(PRECISIONS)}.")
+  if precision not in TRAIN_PRECISIONS:
+    raise ValueError(f"Unknown precision '{precision}': use one of {', '.join(TRAIN_PRECISIONS)}.")
   if precision != "auto":
     return precision
   if tf.config.list_physical_devices("GPU"):
@@ -83,3 +84,38 @@ def policy_scope(name):
     yield
   finally:
     tf.keras.mixed_precision.set_global_policy(saved)
+
+
+def scale_loss(optimizer, loss):
+  """``loss`` scaled for a ``LossScaleOptimizer`` (mixed_float16), else unchanged."""
+  if isinstance(optimizer, tf.keras.mixed_precision.LossScaleOptimizer):
+    return optimizer.get_scaled_loss(loss)
+  return loss
+
+
+def unscale_gradients(optimizer, grads):
+  """Gradients of a ``scale_loss`` loss back in loss units (identity without loss scaling)."""
+  if isinstance(optimizer, tf.keras.mixed_precision.LossScaleOptimizer):
+    return optimizer.get_unscaled_gradients(grads)
+  return grads
+
+
+def distributed_step(step_fn, strategy=None):
+  """A tf.function running ``step_fn`` on every replica and summing its outputs.
+
+  Args:
+    step_fn: fn(*batch) -> dict of float32 scalars, each this replica's share
+      of a global mean (losses averaged with the global batch size).
+    strategy: tf.distribute strategy (default: the current one).
+
+  Returns:
+    tf.function(*distributed batch) -> dict of the global values (SUM over replicas).
+  """
+  strategy = strategy or tf.distribute.get_strategy()
+
+  @tf.function
+  def step(*batch):
+    out = strategy.run(step_fn, args=batch)
+    return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in out.items()}
+
+  return step

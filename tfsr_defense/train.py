@@ -8,11 +8,13 @@ Interrupt and re-run the same command to resume from the last checkpoint.
 """
 
 import dataclasses
+import math
 import os
 
 from absl import flags
 
-from tfsr_defense import cli, data, gan, models, precision, trainer
+from tfsr_defense import adversarial_training, cli, data, gan, models, precision, trainer
+from tfsr_defense.models import registry
 
 FLAGS = flags.FlagValues()  # this CLI's own flags (cli.py)
 _D = trainer.TrainConfig()
@@ -28,6 +30,26 @@ flags.DEFINE_bool("noise", _D.noise, "Uniform noise on the features in training 
                   flag_values=FLAGS)
 flags.DEFINE_bool("estimate_entropy", _D.estimate_entropy,
                   "Probability estimation + entropy loss (eqs. 1, 11).", flag_values=FLAGS)
+flags.DEFINE_enum("entropy_layer", _D.entropy_layer, registry.ENTROPY_LAYERS,
+                  "Where the regularizer sits (paper sec. 5.4): pre_upsampler = the last "
+                  "feature map before the upsampler (the paper's default), first = the output "
+                  "of the first convolution (the head).", flag_values=FLAGS)
+flags.DEFINE_enum("adversarial", _D.adversarial, adversarial_training.METHODS,
+                  "Adversarial training (paper sec. 5.6): ifgsm = every step trains on the "
+                  "I-FGSM-attacked LR batch, against the same HR.", flag_values=FLAGS)
+flags.DEFINE_float("adv_eps", _D.adv_eps * 255.0,
+                   "Adversarial training: alpha, the L-inf radius in /255 units (8 = 8/255 of "
+                   "the [0,1] range; the unit of evaluate's --eps).", flag_values=FLAGS)
+flags.DEFINE_integer("adv_steps", _D.adv_steps, "Adversarial training: I-FGSM steps T (step "
+                     "alpha/T).", flag_values=FLAGS)
+flags.DEFINE_bool("adv_mix", _D.adv_mix, "Adversarial training: train on the clean and the "
+                  "attacked batch together (2x batch) instead of the attacked one.",
+                  flag_values=FLAGS)
+flags.DEFINE_enum("adv_objective", _D.adv_objective, adversarial_training.OBJECTIVES,
+                  "Adversarial training: what I-FGSM maximises: loss = the training "
+                  "reconstruction loss against HR (default: has a gradient at the clean input); "
+                  "sr_distance = ||S(x~) - S(x)||_2 from a random start (the paper's attack).",
+                  flag_values=FLAGS)
 flags.DEFINE_string("train_data", _D.train_data,
                     "Comma-separated datasets: embedded (scikit-image photos, no download), "
                     "t91, bsd200, set5, ... (under --data_dir), folders of HR images, or div2k "
@@ -57,7 +79,7 @@ flags.DEFINE_list("lr_values", None, "The len(--lr_boundaries) + 1 learning rate
                   flag_values=FLAGS)
 flags.DEFINE_float("clip_norm", _D.clip_norm, "Global gradient-norm clip (0: none; CARN: 10).",
                    flag_values=FLAGS)
-flags.DEFINE_enum("precision", _D.precision, precision.PRECISIONS,
+flags.DEFINE_enum("precision", _D.precision, precision.TRAIN_PRECISIONS,
                   "auto: bf16 on AMX/AVX512-BF16 CPUs, fp16 (loss scaling) on GPUs, else float32.",
                   flag_values=FLAGS)
 flags.DEFINE_enum("strategy", _D.strategy, precision.STRATEGIES,
@@ -80,9 +102,21 @@ flags.DEFINE_string("vgg_weights", _D.vgg_weights,
 flags.DEFINE_bool("export", _D.export, "Export a SavedModel to <run_dir>/export/1 at the end.",
                   flag_values=FLAGS)
 
-flags.register_validator("entropy_weight", lambda v: v is None or v >= 0,
-                         "--entropy_weight (lambda) must be >= 0.", flag_values=FLAGS)
-flags.register_validator("delta", lambda v: v > 0, "--delta must be > 0.", flag_values=FLAGS)
+flags.register_validator("entropy_weight", lambda v: v is None or (math.isfinite(v) and v >= 0),
+                         "--entropy_weight (lambda) must be >= 0 and finite.", flag_values=FLAGS)
+flags.register_validator("delta", lambda v: math.isfinite(v) and v > 0,
+                         "--delta must be > 0 and finite.", flag_values=FLAGS)
+flags.register_validator("learning_rate", lambda v: math.isfinite(v) and v > 0,
+                         "--learning_rate must be > 0 and finite.", flag_values=FLAGS)
+flags.register_validator("lr_decay_factor", lambda v: math.isfinite(v) and v > 0,
+                         "--lr_decay_factor must be > 0 and finite.", flag_values=FLAGS)
+flags.register_validator("clip_norm", lambda v: math.isfinite(v) and v >= 0,
+                         "--clip_norm must be >= 0 and finite.", flag_values=FLAGS)
+flags.register_validator("adv_eps", lambda v: math.isfinite(v) and 0 < v <= 255,
+                         "--adv_eps must be in (0, 255] (/255 units) and finite.",
+                         flag_values=FLAGS)
+flags.register_validator("adv_steps", lambda v: v >= 1, "--adv_steps must be >= 1.",
+                         flag_values=FLAGS)
 flags.register_validator("patch_size", lambda v: v >= 1, "--patch_size must be >= 1.",
                          flag_values=FLAGS)
 flags.register_validator("batch_size", lambda v: v >= 1, "--batch_size must be >= 1.",
@@ -102,26 +136,32 @@ def config_from_flags():
       values["lr_values"] = [float(v) for v in values["lr_values"] or []]
     except ValueError as e:
       raise ValueError(f"--lr_boundaries takes integers, --lr_values numbers: {e}") from None
+    if not all(math.isfinite(v) and v > 0 for v in values["lr_values"]):
+      raise ValueError(f"--lr_values must be > 0 and finite, got {values['lr_values']}.")
+  values["adv_eps"] = values["adv_eps"] / 255.0  # flag: /255 units; TrainConfig: [0,1] units
   if values["run_dir"] is None:
     values["run_dir"] = os.path.join("runs", f"{FLAGS.model}_x{FLAGS.scale}")
   return trainer.TrainConfig(**values)
 
 
+def flags_text(config):
+  """The effective flags of ``config`` as flag-file lines (run_dir/flags.txt)."""
+  return "".join(FLAGS[name].serialize() + "\n" for name in sorted(dataclasses.asdict(config))
+                 if name in FLAGS and FLAGS[name].value is not None)
+
+
 def main(argv):
   del argv  # cli.run refuses positional arguments
   config = config_from_flags()
-  config.validate()
-  os.makedirs(config.run_dir, exist_ok=True)
-  with open(os.path.join(config.run_dir, "flags.txt"), "w", encoding="utf-8") as f:
-    f.write("".join(FLAGS[name].serialize() + "\n" for name in sorted(dataclasses.asdict(config))
-                    if name in FLAGS and FLAGS[name].value is not None))
-  trainer.train(config)
+  # flags.txt and config.json are written by the trainer once every check passed.
+  trainer.train(config, flags_text=flags_text(config))
 
 
 def run(argv=None):
   """Console entry point ``tfsr-train``."""
   cli.run(main, FLAGS, prog="tfsr_defense.train", doc=__doc__, argv=argv,
-          errors=(ValueError, FileNotFoundError, trainer.CheckpointError, gan.VGGWeightsError))
+          errors=(ValueError, FileNotFoundError, trainer.CheckpointError,
+                  trainer.NonFiniteLossError, gan.VGGWeightsError))
 
 
 if __name__ == "__main__":

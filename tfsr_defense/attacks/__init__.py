@@ -5,22 +5,25 @@ Every attack has the functional core
     attack(model, x_lr, *, eps, steps, ...) -> x_adv
 
 on float32 RGB NHWC images in [0, 1], with eps in [0, 1] units (the paper's
-{1, 2, 4, 8, 16, 32}/255). ``model`` maps [0, 1] LR to [0, 1] SR: a Keras model
-or any callable (e.g. a SavedModel signature wrapper). Attacks are compiled
-once per model (``tf.function``, cached) and batched, each image attacked
-independently of the others in its batch.
+{1, 2, 4, 8, 16, 32}/255). ``model`` is a ``GradientEngine`` (engine.py: the
+compiled gradient loops of one model, made once by the caller and reused), or
+a Keras model / SR callable (a temporary engine is made for that call).
+Attacks are batched, each image attacked independently of the others in its
+batch.
 
     from tfsr_defense import attacks
-    x_adv = attacks.get_attack("ifgsm")(model, x, eps=4 / 255, steps=50)
+    engine = attacks.GradientEngine(model)
+    x_adv = attacks.get_attack("ifgsm")(engine, x, eps=4 / 255, steps=50)
 """
 
 import dataclasses
 from typing import Callable
 
-from tfsr_defense.attacks import fda, fgsm, ifgsm, mifgsm, pgd
+from tfsr_defense.attacks import engine, fda, fgsm, ifgsm, mifgsm, pgd
+from tfsr_defense.attacks.engine import GradientEngine, as_engine
 
-__all__ = ["AttackSpec", "get_attack", "get_spec", "known_attacks", "fda", "fgsm", "ifgsm",
-           "mifgsm", "pgd"]
+__all__ = ["AttackSpec", "GradientEngine", "as_engine", "get_attack", "get_spec",
+           "known_attacks", "engine", "fda", "fgsm", "ifgsm", "mifgsm", "pgd"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +47,8 @@ class AttackSpec:
 _REGISTRY = {spec.name: spec for spec in (
     AttackSpec("ifgsm", ifgsm.attack, description="I-FGSM on ||S(x~) - S(x)||_2 (paper eq. 14)"),
     AttackSpec("fda", fda.attack, needs_features=True,
-               description="Feature Disruptive Attack on the feature map (paper eq. 13)"),
+               description="Feature Disruptive Attack (paper eq. 13; official: all ReLU maps, "
+               "random start, 10 steps of eps/8)"),
     AttackSpec("fgsm", fgsm.attack, single_step=True,
                description="FGSM on ||S(x~) - S(x)||_2, one step of eps"),
     AttackSpec("pgd", pgd.attack, description="PGD (random start in the ball, step 2.5 eps/T)"),

@@ -8,15 +8,14 @@ default, I-FGSM's step at T = 50); only the direction of that start matters
 to first order.
 """
 
-from tfsr_defense.attacks import base
+from tfsr_defense.attacks import engine as engine_lib
 
 __all__ = ["attack"]
 
-NAME = "fgsm"
 DEFAULT_START = 1.0 / 50
 
 
-def attack(model, x_lr, *, eps, steps=1, random_start=None, seed=0, precision="float32"):
+def attack(model, x_lr, *, eps, steps=1, random_start=None, seed=0, precision=None):
   """Single-step FGSM on the SR output distance.
 
   Args:
@@ -32,12 +31,13 @@ def attack(model, x_lr, *, eps, steps=1, random_start=None, seed=0, precision="f
   Raises:
     ValueError: as ``ifgsm.attack``, or steps != 1.
   """
-  eps = base.check_common(eps, steps, random_start, precision)
+  eps = engine_lib.check_common(eps, steps, random_start, precision)
+  engine = engine_lib.as_engine(model, precision)
   if steps != 1:
     raise ValueError(f"FGSM takes a single step; got steps={steps} (use 'ifgsm' or 'pgd').")
-  if random_start is None and precision == "float32":
+  if random_start is None and engine.precision == "float32":
     random_start = DEFAULT_START
-  loop = base.sr_loop(model, precision)
-  return base.sign_attack(loop, x_lr, eps=eps, steps=1, step_size=eps,
-                          start_radius=base.start_radius(random_start, eps, 1, precision),
-                          seed=seed)
+  return engine_lib.run_sign_loop(
+      engine.sr_distance_loop(), x_lr, eps=eps, steps=1, step_size=eps,
+      start_radius=engine_lib.start_radius(random_start, eps, 1, engine.precision),
+      seed=seed)

@@ -8,15 +8,13 @@ mu = 1.0 as in Dong et al. Starts randomly for the reason given in
 ``ifgsm`` (zero gradient at x~ = x).
 """
 
-from tfsr_defense.attacks import base
+from tfsr_defense.attacks import engine as engine_lib
 
 __all__ = ["attack"]
 
-NAME = "mifgsm"
-
 
 def attack(model, x_lr, *, eps, steps=50, momentum=1.0, random_start=None, seed=0,
-           precision="float32"):
+           precision=None):
   """Momentum iterative FGSM on the SR output distance.
 
   Args:
@@ -31,10 +29,11 @@ def attack(model, x_lr, *, eps, steps=50, momentum=1.0, random_start=None, seed=
   Raises:
     ValueError: as ``ifgsm.attack``, or momentum < 0.
   """
-  eps = base.check_common(eps, steps, random_start, precision)
+  eps = engine_lib.check_common(eps, steps, random_start, precision)
+  engine = engine_lib.as_engine(model, precision)
   if not float(momentum) >= 0.0:
     raise ValueError(f"momentum must be >= 0, got {momentum}.")
-  loop = base.sr_loop(model, precision)
-  return base.sign_attack(loop, x_lr, eps=eps, steps=steps, step_size=eps / steps,
-                          start_radius=base.start_radius(random_start, eps, steps, precision),
-                          seed=seed, momentum=float(momentum))
+  return engine_lib.run_sign_loop(
+      engine.sr_distance_loop(), x_lr, eps=eps, steps=steps, step_size=eps / steps,
+      start_radius=engine_lib.start_radius(random_start, eps, steps, engine.precision),
+      seed=seed, momentum=float(momentum))

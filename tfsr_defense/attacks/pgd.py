@@ -8,16 +8,15 @@ eps-ball, with step a = 2.5 eps / T (Madry et al.'s rule: the iterate can
 cross the ball from any start).
 """
 
-from tfsr_defense.attacks import base
+from tfsr_defense.attacks import engine as engine_lib
 
 __all__ = ["attack"]
 
-NAME = "pgd"
 STEP_FACTOR = 2.5
 
 
 def attack(model, x_lr, *, eps, steps=50, step_size=None, random_start=1.0, seed=0,
-           precision="float32"):
+           precision=None):
   """PGD (L-inf) on the SR output distance.
 
   Args:
@@ -33,12 +32,13 @@ def attack(model, x_lr, *, eps, steps=50, step_size=None, random_start=1.0, seed
   Raises:
     ValueError: as ``ifgsm.attack``, or step_size < 0.
   """
-  eps = base.check_common(eps, steps, random_start, precision)
+  eps = engine_lib.check_common(eps, steps, random_start, precision)
+  engine = engine_lib.as_engine(model, precision)
   if step_size is None:
     step_size = STEP_FACTOR * eps / steps
   elif not float(step_size) >= 0.0:
     raise ValueError(f"step_size must be >= 0 ([0, 1] units), got {step_size}.")
-  loop = base.sr_loop(model, precision)
-  return base.sign_attack(loop, x_lr, eps=eps, steps=steps, step_size=float(step_size),
-                          start_radius=base.start_radius(random_start, eps, steps, precision),
-                          seed=seed)
+  return engine_lib.run_sign_loop(
+      engine.sr_distance_loop(), x_lr, eps=eps, steps=steps, step_size=float(step_size),
+      start_radius=engine_lib.start_radius(random_start, eps, steps, engine.precision),
+      seed=seed)

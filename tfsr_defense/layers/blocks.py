@@ -1,17 +1,37 @@
-"""Building blocks shared by the SR networks (registered, serializable Keras layers).
+"""Building blocks shared by the SR networks.
+
+Two kinds:
+
+* Registered, serializable Keras layers without sub-layers: ``MeanShift``,
+  ``PixelShuffle``, ``GroupConv2D``.
+* Block functions (``res_block``, ``srres_block``, ``channel_attention``,
+  ``rcab``, ``residual_group``, ``msrb``, ``carn_res_block``,
+  ``cascading_block``, ``upsampler``) that add one block's layers to a Keras
+  functional graph, the way ``keras.applications`` builds ResNet blocks: they
+  take and return symbolic NHWC tensors, and every convolution, activation,
+  addition and concatenation of the block becomes a top-level layer of the
+  model, named ``f"{name}_{part}"``. So every activation of a network is a
+  layer ``models.feature_model`` reaches by name (the official FDA of
+  Ganeshan & Babu, ICCV 2019, attacks all ReLU outputs; see
+  ``models.activation_layer_names``). The functions compute exactly what the
+  layer classes they replace computed, with the same weights per layer.
 
 All blocks work on NHWC tensors in the model's compute dtype (float32, or
-bfloat16/float16 under a mixed policy).
+bfloat16/float16 under a mixed policy); layers take the global dtype policy
+unless a docstring says otherwise.
 """
 
 import tensorflow as tf
 
-__all__ = ["MeanShift", "PixelShuffle", "ResBlock", "Upsampler", "conv2d",
-           "SRResBlock", "PReLUUpsampler", "ChannelAttention", "RCAB", "ResidualGroup",
-           "MSRB", "GroupConv2D", "CARNResBlock", "CascadingBlock", "CARNUpsampler"]
+__all__ = ["DIV2K_RGB_MEAN", "UPSAMPLER_ACTIVATIONS", "MeanShift", "PixelShuffle",
+           "GroupConv2D", "conv2d", "res_block", "srres_block", "channel_attention", "rcab",
+           "residual_group", "msrb", "carn_res_block", "cascading_block", "upsampler"]
 
 # DIV2K RGB mean in [0,1] units, as in the official EDSR/RCAN/MSRN code.
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
+
+# Activations ``upsampler`` can put after each pixel shuffle.
+UPSAMPLER_ACTIVATIONS = (None, "relu", "prelu")
 
 
 def conv2d(filters, kernel_size=3, name=None, **kwargs):
@@ -30,6 +50,9 @@ class MeanShift(tf.keras.layers.Layer):
     rgb_mean: 3 floats in [0,1] units.
     rgb_range: pixel peak of the native range (255 for EDSR).
     sign: +1 or -1.
+
+  Raises:
+    ValueError: sign not in {-1, +1}.
   """
 
   def __init__(self, rgb_mean=DIV2K_RGB_MEAN, rgb_range=255.0, sign=-1, **kwargs):
@@ -52,127 +75,42 @@ class MeanShift(tf.keras.layers.Layer):
 
 @tf.keras.utils.register_keras_serializable(package="tfsr_defense")
 class PixelShuffle(tf.keras.layers.Layer):
-  """Sub-pixel rearrangement (N, H, W, C*r*r) -> (N, rH, rW, C) (Shi et al. 2016).
+  """Sub-pixel rearrangement (N, H, W, C r^2) -> (N, rH, rW, C) (Shi et al., CVPR 2016).
 
-  ``tf.nn.depth_to_space`` orders channels as (r, r, C); PyTorch's
-  PixelShuffle as (C, r, r). The two differ only by a fixed permutation of the
-  preceding conv's filters, so the function class (and parameter count) is
-  the same.
+  ``tf.nn.depth_to_space``, which orders channels as (r, r, C); PyTorch's
+  PixelShuffle orders them as (C, r, r). The two differ only by a fixed
+  permutation of the preceding conv's filters, so the function class (and
+  parameter count) is the same.
+
+  Args:
+    upscale_factor: r >= 1.
+
+  Call:
+    inputs: (N, H, W, C r^2) float; returns (N, rH, rW, C), same dtype.
+
+  Raises:
+    ValueError: r < 1.
   """
 
   def __init__(self, upscale_factor, **kwargs):
     super().__init__(**kwargs)
     self.upscale_factor = int(upscale_factor)
+    if self.upscale_factor < 1:
+      raise ValueError(f"PixelShuffle: upscale_factor must be >= 1, got {upscale_factor}.")
 
   def call(self, inputs):
     return tf.nn.depth_to_space(inputs, self.upscale_factor)
+
+  def compute_output_shape(self, input_shape):
+    n, h, w, c = tf.TensorShape(input_shape).as_list()
+    r = self.upscale_factor
+    return tf.TensorShape([n, None if h is None else h * r, None if w is None else w * r,
+                           None if c is None else c // (r * r)])
 
   def get_config(self):
     config = super().get_config()
     config.update(upscale_factor=self.upscale_factor)
     return config
-
-
-@tf.keras.utils.register_keras_serializable(package="tfsr_defense")
-class ResBlock(tf.keras.layers.Layer):
-  """EDSR residual block: x + res_scale * conv(relu(conv(x))), 3x3, no BN.
-
-  Args:
-    filters: channels in and out.
-    kernel_size: conv kernel size (3 in EDSR).
-    res_scale: residual scaling (1 for EDSR-baseline, 0.1 for EDSR).
-  """
-
-  def __init__(self, filters=64, kernel_size=3, res_scale=1.0, **kwargs):
-    super().__init__(**kwargs)
-    self.filters = int(filters)
-    self.kernel_size = int(kernel_size)
-    self.res_scale = float(res_scale)
-    self.conv1 = conv2d(self.filters, self.kernel_size, name="conv1")
-    self.conv2 = conv2d(self.filters, self.kernel_size, name="conv2")
-
-  def call(self, inputs):
-    residual = self.conv2(tf.nn.relu(self.conv1(inputs)))
-    if self.res_scale != 1.0:
-      residual = residual * tf.cast(self.res_scale, residual.dtype)
-    return inputs + residual
-
-  def get_config(self):
-    config = super().get_config()
-    config.update(filters=self.filters, kernel_size=self.kernel_size, res_scale=self.res_scale)
-    return config
-
-
-@tf.keras.utils.register_keras_serializable(package="tfsr_defense")
-class Upsampler(tf.keras.layers.Layer):
-  """EDSR-style sub-pixel upsampler: log2(s) x (conv 4C, shuffle 2) or conv 9C, shuffle 3.
-
-  Args:
-    scale: 2, 3, 4 (or any power of 2).
-    filters: channels C in and out.
-    activation: optional Keras activation after each shuffle (None in EDSR).
-
-  Raises:
-    ValueError: for a scale that is neither 3 nor a power of 2.
-  """
-
-  def __init__(self, scale, filters=64, activation=None, **kwargs):
-    super().__init__(**kwargs)
-    self.scale = int(scale)
-    self.filters = int(filters)
-    self.activation = None if activation is None else tf.keras.activations.get(activation)
-    if self.scale == 3:
-      factors = [3]
-    elif self.scale >= 2 and (self.scale & (self.scale - 1)) == 0:
-      factors = [2] * (self.scale.bit_length() - 1)
-    else:
-      raise ValueError(f"Upsampler: scale must be 3 or a power of 2, got {scale}.")
-    self.convs = [conv2d(self.filters * r * r, 3, name=f"conv{i}") for i, r in enumerate(factors)]
-    self.factors = factors
-
-  def call(self, inputs):
-    x = inputs
-    for conv, r in zip(self.convs, self.factors):
-      x = tf.nn.depth_to_space(conv(x), r)
-      if self.activation is not None:
-        x = self.activation(x)
-    return x
-
-  def get_config(self):
-    config = super().get_config()
-    config.update(scale=self.scale, filters=self.filters,
-                  activation=tf.keras.activations.serialize(self.activation)
-                  if self.activation is not None else None)
-    return config
-
-
-# ---------------------------------------------------------------------------
-# Blocks of SRResNet, RCAN, MSRN and CARN (issue 4).
-#
-# Sub-layers are created with the block's own dtype policy, so a block built
-# with dtype="float32" under a mixed policy (or reloaded under another global
-# policy) computes in one dtype throughout.
-# ---------------------------------------------------------------------------
-
-def _prelu(name, dtype=None):
-  """Per-channel PReLU shared over H and W (PyTorch ``nn.PReLU(C)``: C weights, init 0.25)."""
-  return tf.keras.layers.PReLU(alpha_initializer=tf.keras.initializers.Constant(0.25),
-                               shared_axes=[1, 2], name=name, dtype=dtype)
-
-
-def _batch_norm(name, dtype=None):
-  """BatchNormalization with PyTorch's defaults (momentum 0.1 there = 0.9 here, eps 1e-5)."""
-  return tf.keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name, dtype=dtype)
-
-
-def _upscale_factors(scale, who):
-  """Sub-pixel steps of an upsampler: [3] for x3, [2] * log2(s) for powers of 2."""
-  scale = int(scale)
-  if scale == 3:
-    return [3]
-  if scale >= 2 and (scale & (scale - 1)) == 0:
-    return [2] * (scale.bit_length() - 1)
-  raise ValueError(f"{who}: scale must be 3 or a power of 2, got {scale}.")
 
 
 @tf.keras.utils.register_keras_serializable(package="tfsr_defense")
@@ -249,402 +187,365 @@ class GroupConv2D(tf.keras.layers.Layer):
     return config
 
 
-def _conv(filters, kernel_size, groups, name, dtype, activation=None):
+# ---------------------------------------------------------------------------
+# Block functions: x (symbolic NHWC tensor) -> output tensor, adding named
+# top-level layers to the functional graph.
+# ---------------------------------------------------------------------------
+
+def _relu(name):
+  return tf.keras.layers.ReLU(name=name)
+
+
+def _prelu(name):
+  """Per-channel PReLU shared over H and W (PyTorch ``nn.PReLU(C)``: C weights, init 0.25)."""
+  return tf.keras.layers.PReLU(alpha_initializer=tf.keras.initializers.Constant(0.25),
+                               shared_axes=[1, 2], name=name)
+
+
+def _batch_norm(name):
+  """BatchNormalization with PyTorch's defaults (momentum 0.1 there = 0.9 here, eps 1e-5)."""
+  return tf.keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
+
+
+def _conv(filters, kernel_size, groups, name):
   """conv2d, or GroupConv2D when groups > 1 (avoids Keras' XLA grouped-conv path)."""
   if groups > 1:
-    return GroupConv2D(filters, kernel_size, groups, activation=activation, name=name,
-                       dtype=dtype)
-  return conv2d(filters, kernel_size, name=name, activation=activation, dtype=dtype)
+    return GroupConv2D(filters, kernel_size, groups, name=name)
+  return conv2d(filters, kernel_size, name=name)
 
 
-@tf.keras.utils.register_keras_serializable(package="tfsr_defense")
-class SRResBlock(tf.keras.layers.Layer):
+def _check_groups(filters, groups, who):
+  if groups < 1 or filters % groups:
+    raise ValueError(f"{who}: filters {filters} must be a multiple of groups {groups} >= 1.")
+
+
+def _scaled(residual, res_scale, name):
+  """residual * res_scale as a layer (``{name}_scale``); unchanged when res_scale is 1."""
+  if res_scale == 1.0:
+    return residual
+  return tf.keras.layers.Rescaling(float(res_scale), name=f"{name}_scale")(residual)
+
+
+def _upscale_factors(scale, who):
+  """Sub-pixel steps of an upsampler: [3] for x3, [2] * log2(s) for powers of 2."""
+  scale = int(scale)
+  if scale == 3:
+    return [3]
+  if scale >= 2 and (scale & (scale - 1)) == 0:
+    return [2] * (scale.bit_length() - 1)
+  raise ValueError(f"{who}: scale must be 3 or a power of 2, got {scale}.")
+
+
+def res_block(x, filters=64, kernel_size=3, res_scale=1.0, name="body_0"):
+  """EDSR residual block (Lim et al., CVPRW 2017): x + res_scale * conv(relu(conv(x))), no BN.
+
+  Layers: ``{name}_conv1``, ``{name}_relu``, ``{name}_conv2``,
+  ``{name}_scale`` (only if res_scale != 1), ``{name}_add``. Trainable
+  parameters for C = 64, 3x3: 2 x 36,928 = 73,856.
+
+  Args:
+    x: (N, H, W, C) symbolic tensor with C = filters.
+    filters: channels C in and out.
+    kernel_size: conv kernel size (3 in EDSR).
+    res_scale: residual scaling (1 for EDSR-baseline, 0.1 for EDSR).
+    name: layer name prefix (EDSR: ``body_{i}``, the official ``body.i``).
+
+  Returns:
+    (N, H, W, C) tensor, same dtype.
+  """
+  r = conv2d(filters, kernel_size, name=f"{name}_conv1")(x)
+  r = _relu(f"{name}_relu")(r)
+  r = conv2d(filters, kernel_size, name=f"{name}_conv2")(r)
+  r = _scaled(r, res_scale, name)
+  return tf.keras.layers.Add(name=f"{name}_add")([x, r])
+
+
+def srres_block(x, filters=64, kernel_size=3, name="body_0"):
   """SRResNet residual block (Ledig et al., CVPR 2017, fig. 4): x + BN(conv(PReLU(BN(conv(x))))).
 
   3x3 convs with bias, BatchNormalization (momentum 0.9 = PyTorch's 0.1,
-  eps 1e-5), per-channel PReLU shared over H, W. Trainable parameters for
-  C = 64: 2 x 36,928 (convs) + 2 x 128 (BN gamma, beta) + 64 (PReLU) = 74,176;
-  BN moving mean/variance are non-trainable.
+  eps 1e-5), per-channel PReLU shared over H, W. Layers: ``{name}_conv1``,
+  ``{name}_bn1``, ``{name}_prelu``, ``{name}_conv2``, ``{name}_bn2``,
+  ``{name}_add``. Trainable parameters for C = 64: 2 x 36,928 (convs) +
+  2 x 128 (BN gamma, beta) + 64 (PReLU) = 74,176; BN moving mean/variance
+  are non-trainable. BN uses batch statistics when the model is called with
+  ``training=True``.
 
   Args:
+    x: (N, H, W, C) symbolic tensor with C = filters.
     filters: channels C in and out.
     kernel_size: conv kernel size (3).
-
-  Call:
-    inputs: (N, H, W, C) float (compute dtype); training: bool (BN batch statistics).
+    name: layer name prefix.
 
   Returns:
-    (N, H, W, C), same dtype.
+    (N, H, W, C) tensor, same dtype.
   """
-
-  def __init__(self, filters=64, kernel_size=3, **kwargs):
-    super().__init__(**kwargs)
-    self.filters = int(filters)
-    self.kernel_size = int(kernel_size)
-    dtype = self.dtype_policy
-    self.conv1 = conv2d(self.filters, self.kernel_size, name="conv1", dtype=dtype)
-    self.bn1 = _batch_norm("bn1", dtype)
-    self.prelu = _prelu("prelu", dtype)
-    self.conv2 = conv2d(self.filters, self.kernel_size, name="conv2", dtype=dtype)
-    self.bn2 = _batch_norm("bn2", dtype)
-
-  def call(self, inputs, training=None):
-    x = self.prelu(self.bn1(self.conv1(inputs), training=training))
-    x = self.bn2(self.conv2(x), training=training)
-    return inputs + x
-
-  def get_config(self):
-    config = super().get_config()
-    config.update(filters=self.filters, kernel_size=self.kernel_size)
-    return config
+  r = conv2d(filters, kernel_size, name=f"{name}_conv1")(x)
+  r = _batch_norm(f"{name}_bn1")(r)
+  r = _prelu(f"{name}_prelu")(r)
+  r = conv2d(filters, kernel_size, name=f"{name}_conv2")(r)
+  r = _batch_norm(f"{name}_bn2")(r)
+  return tf.keras.layers.Add(name=f"{name}_add")([x, r])
 
 
-@tf.keras.utils.register_keras_serializable(package="tfsr_defense")
-class PReLUUpsampler(tf.keras.layers.Layer):
-  """SRResNet sub-pixel upsampler: per step conv 3x3 (C -> C r^2), pixel shuffle r, PReLU.
-
-  x4: two x2 steps; x3: one x3 step; x2: one x2 step (Ledig et al. 2017, fig. 4).
-  Each PReLU has C weights (per channel, after the shuffle). Trainable
-  parameters for C = 64, x2 steps: 147,712 + 64 per step.
-
-  Args:
-    scale: 3 or a power of 2.
-    filters: channels C in and out.
-
-  Call:
-    inputs: (N, H, W, C) float; returns (N, sH, sW, C), same dtype.
-
-  Raises:
-    ValueError: a scale that is neither 3 nor a power of 2.
-  """
-
-  def __init__(self, scale, filters=64, **kwargs):
-    super().__init__(**kwargs)
-    self.scale = int(scale)
-    self.filters = int(filters)
-    self.factors = _upscale_factors(self.scale, "PReLUUpsampler")
-    dtype = self.dtype_policy
-    self.convs = [conv2d(self.filters * r * r, 3, name=f"conv{i}", dtype=dtype)
-                  for i, r in enumerate(self.factors)]
-    self.prelus = [_prelu(f"prelu{i}", dtype) for i in range(len(self.factors))]
-
-  def call(self, inputs):
-    x = inputs
-    for conv, prelu, r in zip(self.convs, self.prelus, self.factors):
-      x = prelu(tf.nn.depth_to_space(conv(x), r))
-    return x
-
-  def get_config(self):
-    config = super().get_config()
-    config.update(scale=self.scale, filters=self.filters)
-    return config
-
-
-@tf.keras.utils.register_keras_serializable(package="tfsr_defense")
-class ChannelAttention(tf.keras.layers.Layer):
+def channel_attention(x, filters=64, reduction=16, name="ca"):
   """RCAN channel attention (Zhang et al., ECCV 2018, eqs. 5-7).
 
   x * sigmoid(W_U relu(W_D mean_{H,W}(x) + b_D) + b_U) with 1x1 convs
-  C -> C/r -> C (biases included: 580 parameters for C = 64, r = 16). The
-  global average is taken in float32 (a bf16 sum over H*W loses digits).
+  C -> C/r -> C (biases included: 580 parameters for C = 64, r = 16).
+  Layers: ``{name}_pool`` (the global average, float32 even under a mixed
+  policy: a bf16 sum over H*W loses digits), ``{name}_down``,
+  ``{name}_relu`` ((N, 1, 1, C/r)), ``{name}_up``, ``{name}_sigmoid``,
+  ``{name}_mul``.
 
   Args:
+    x: (N, H, W, C) symbolic tensor with C = filters.
     filters: channels C.
     reduction: r; C must be divisible by r.
+    name: layer name prefix.
 
-  Call:
-    inputs: (N, H, W, C) float; returns the same shape and dtype.
+  Returns:
+    (N, H, W, C) tensor, same dtype as x.
 
   Raises:
     ValueError: C not divisible by r.
   """
-
-  def __init__(self, filters=64, reduction=16, **kwargs):
-    super().__init__(**kwargs)
-    self.filters = int(filters)
-    self.reduction = int(reduction)
-    if self.reduction < 1 or self.filters % self.reduction:
-      raise ValueError(f"ChannelAttention: filters {filters} must be a multiple of "
-                       f"reduction {reduction} >= 1.")
-    dtype = self.dtype_policy
-    self.down = tf.keras.layers.Conv2D(self.filters // self.reduction, 1, activation="relu",
-                                       name="down", dtype=dtype)
-    self.up = tf.keras.layers.Conv2D(self.filters, 1, activation="sigmoid", name="up",
-                                     dtype=dtype)
-
-  def call(self, inputs):
-    pooled = tf.reduce_mean(tf.cast(inputs, tf.float32), axis=[1, 2], keepdims=True)
-    weights = self.up(self.down(tf.cast(pooled, inputs.dtype)))
-    return inputs * tf.cast(weights, inputs.dtype)
-
-  def get_config(self):
-    config = super().get_config()
-    config.update(filters=self.filters, reduction=self.reduction)
-    return config
+  filters, reduction = int(filters), int(reduction)
+  if reduction < 1 or filters % reduction:
+    raise ValueError(f"channel_attention: filters {filters} must be a multiple of "
+                     f"reduction {reduction} >= 1.")
+  w = tf.keras.layers.GlobalAveragePooling2D(keepdims=True, dtype="float32",
+                                             name=f"{name}_pool")(x)
+  w = tf.keras.layers.Conv2D(filters // reduction, 1, name=f"{name}_down")(w)
+  w = _relu(f"{name}_relu")(w)
+  w = tf.keras.layers.Conv2D(filters, 1, name=f"{name}_up")(w)
+  w = tf.keras.layers.Activation("sigmoid", name=f"{name}_sigmoid")(w)
+  return tf.keras.layers.Multiply(name=f"{name}_mul")([x, w])
 
 
-@tf.keras.utils.register_keras_serializable(package="tfsr_defense")
-class RCAB(tf.keras.layers.Layer):
+def rcab(x, filters=64, kernel_size=3, reduction=16, res_scale=1.0, name="rcab"):
   """Residual channel attention block (RCAN): x + res_scale * CA(conv(relu(conv(x)))).
 
-  Trainable parameters for C = 64, r = 16: 2 x 36,928 + 580 = 74,436.
+  Layers: ``{name}_conv1``, ``{name}_relu``, ``{name}_conv2``, the channel
+  attention ``{name}_ca_*`` (its ReLU: ``{name}_ca_relu``),
+  ``{name}_scale`` (only if res_scale != 1), ``{name}_add``. Trainable
+  parameters for C = 64, r = 16: 2 x 36,928 + 580 = 74,436.
 
   Args:
+    x: (N, H, W, C) symbolic tensor with C = filters.
     filters: channels C in and out.
     kernel_size: conv kernel size (3).
     reduction: channel-attention reduction r (16).
     res_scale: residual scaling (1 in RCAN).
+    name: layer name prefix.
 
-  Call:
-    inputs: (N, H, W, C) float; returns the same shape and dtype.
+  Returns:
+    (N, H, W, C) tensor, same dtype.
+
+  Raises:
+    ValueError: C not divisible by r.
   """
-
-  def __init__(self, filters=64, kernel_size=3, reduction=16, res_scale=1.0, **kwargs):
-    super().__init__(**kwargs)
-    self.filters = int(filters)
-    self.kernel_size = int(kernel_size)
-    self.reduction = int(reduction)
-    self.res_scale = float(res_scale)
-    dtype = self.dtype_policy
-    self.conv1 = conv2d(self.filters, self.kernel_size, name="conv1", dtype=dtype)
-    self.conv2 = conv2d(self.filters, self.kernel_size, name="conv2", dtype=dtype)
-    self.attention = ChannelAttention(self.filters, self.reduction, name="attention",
-                                      dtype=dtype)
-
-  def call(self, inputs):
-    residual = self.attention(self.conv2(tf.nn.relu(self.conv1(inputs))))
-    if self.res_scale != 1.0:
-      residual = residual * tf.cast(self.res_scale, residual.dtype)
-    return inputs + residual
-
-  def get_config(self):
-    config = super().get_config()
-    config.update(filters=self.filters, kernel_size=self.kernel_size,
-                  reduction=self.reduction, res_scale=self.res_scale)
-    return config
+  r = conv2d(filters, kernel_size, name=f"{name}_conv1")(x)
+  r = _relu(f"{name}_relu")(r)
+  r = conv2d(filters, kernel_size, name=f"{name}_conv2")(r)
+  r = channel_attention(r, filters, reduction, name=f"{name}_ca")
+  r = _scaled(r, res_scale, name)
+  return tf.keras.layers.Add(name=f"{name}_add")([x, r])
 
 
-@tf.keras.utils.register_keras_serializable(package="tfsr_defense")
-class ResidualGroup(tf.keras.layers.Layer):
+def residual_group(x, n_blocks=20, filters=64, kernel_size=3, reduction=16, res_scale=1.0,
+                   name="group_0"):
   """RCAN residual group: x + conv(RCAB_n(... RCAB_1(x))) (short skip connection).
 
-  Trainable parameters for 20 RCABs, C = 64: 20 x 74,436 + 36,928 = 1,525,648.
+  Layers: the RCABs ``{name}_rcab_{b}_*`` (b = 0..n_blocks-1), ``{name}_conv``,
+  ``{name}_add``. Trainable parameters for 20 RCABs, C = 64: 20 x 74,436 +
+  36,928 = 1,525,648.
 
   Args:
+    x: (N, H, W, C) symbolic tensor with C = filters.
     n_blocks: number of RCABs (20 in RCAN).
-    filters, kernel_size, reduction, res_scale: as RCAB.
+    filters, kernel_size, reduction, res_scale: as ``rcab``.
+    name: layer name prefix.
 
-  Call:
-    inputs: (N, H, W, C) float; returns the same shape and dtype.
+  Returns:
+    (N, H, W, C) tensor, same dtype.
   """
-
-  def __init__(self, n_blocks=20, filters=64, kernel_size=3, reduction=16, res_scale=1.0,
-               **kwargs):
-    super().__init__(**kwargs)
-    self.n_blocks = int(n_blocks)
-    self.filters = int(filters)
-    self.kernel_size = int(kernel_size)
-    self.reduction = int(reduction)
-    self.res_scale = float(res_scale)
-    dtype = self.dtype_policy
-    self.blocks = [RCAB(self.filters, self.kernel_size, self.reduction, self.res_scale,
-                        name=f"rcab{i}", dtype=dtype) for i in range(self.n_blocks)]
-    self.conv = conv2d(self.filters, self.kernel_size, name="conv", dtype=dtype)
-
-  def call(self, inputs):
-    x = inputs
-    for block in self.blocks:
-      x = block(x)
-    return inputs + self.conv(x)
-
-  def get_config(self):
-    config = super().get_config()
-    config.update(n_blocks=self.n_blocks, filters=self.filters, kernel_size=self.kernel_size,
-                  reduction=self.reduction, res_scale=self.res_scale)
-    return config
+  y = x
+  for b in range(int(n_blocks)):
+    y = rcab(y, filters, kernel_size, reduction, res_scale, name=f"{name}_rcab_{b}")
+  y = conv2d(filters, kernel_size, name=f"{name}_conv")(y)
+  return tf.keras.layers.Add(name=f"{name}_add")([x, y])
 
 
-@tf.keras.utils.register_keras_serializable(package="tfsr_defense")
-class MSRB(tf.keras.layers.Layer):
+def msrb(x, filters=64, name="msrb_0"):
   """Multi-scale residual block (Li et al., MSRN, ECCV 2018, eqs. 1-4).
 
       S1 = relu(conv3x3_{C->C}(x)),   P1 = relu(conv5x5_{C->C}(x))
       S2 = relu(conv3x3_{2C->2C}([S1, P1])),   P2 = relu(conv5x5_{2C->2C}([S1, P1]))
       out = conv1x1_{4C->C}([S2, P2]) + x
 
-  Trainable parameters for C = 64: 36,928 + 102,464 + 147,584 + 409,728 +
-  16,448 = 713,152.
+  Layers (the official code's names): ``{name}_conv3_1``, ``{name}_relu3_1``,
+  ``{name}_conv5_1``, ``{name}_relu5_1``, ``{name}_concat1``,
+  ``{name}_conv3_2``, ``{name}_relu3_2``, ``{name}_conv5_2``,
+  ``{name}_relu5_2``, ``{name}_concat2``, ``{name}_confusion``,
+  ``{name}_add``: 4 ReLU maps. Trainable parameters for C = 64: 36,928 +
+  102,464 + 147,584 + 409,728 + 16,448 = 713,152.
 
   Args:
+    x: (N, H, W, C) symbolic tensor with C = filters.
     filters: channels C in and out.
+    name: layer name prefix.
 
-  Call:
-    inputs: (N, H, W, C) float; returns the same shape and dtype.
+  Returns:
+    (N, H, W, C) tensor, same dtype.
   """
-
-  def __init__(self, filters=64, **kwargs):
-    super().__init__(**kwargs)
-    self.filters = int(filters)
-    c = self.filters
-    dtype = self.dtype_policy
-    self.conv3_1 = conv2d(c, 3, name="conv3_1", activation="relu", dtype=dtype)
-    self.conv5_1 = conv2d(c, 5, name="conv5_1", activation="relu", dtype=dtype)
-    self.conv3_2 = conv2d(2 * c, 3, name="conv3_2", activation="relu", dtype=dtype)
-    self.conv5_2 = conv2d(2 * c, 5, name="conv5_2", activation="relu", dtype=dtype)
-    self.confusion = conv2d(c, 1, name="confusion", dtype=dtype)
-
-  def call(self, inputs):
-    x = tf.concat([self.conv3_1(inputs), self.conv5_1(inputs)], axis=-1)
-    x = tf.concat([self.conv3_2(x), self.conv5_2(x)], axis=-1)
-    return self.confusion(x) + inputs
-
-  def get_config(self):
-    config = super().get_config()
-    config.update(filters=self.filters)
-    return config
+  c = int(filters)
+  s1 = _relu(f"{name}_relu3_1")(conv2d(c, 3, name=f"{name}_conv3_1")(x))
+  p1 = _relu(f"{name}_relu5_1")(conv2d(c, 5, name=f"{name}_conv5_1")(x))
+  y = tf.keras.layers.Concatenate(name=f"{name}_concat1")([s1, p1])
+  s2 = _relu(f"{name}_relu3_2")(conv2d(2 * c, 3, name=f"{name}_conv3_2")(y))
+  p2 = _relu(f"{name}_relu5_2")(conv2d(2 * c, 5, name=f"{name}_conv5_2")(y))
+  y = tf.keras.layers.Concatenate(name=f"{name}_concat2")([s2, p2])
+  y = conv2d(c, 1, name=f"{name}_confusion")(y)
+  return tf.keras.layers.Add(name=f"{name}_add")([y, x])
 
 
-@tf.keras.utils.register_keras_serializable(package="tfsr_defense")
-class CARNResBlock(tf.keras.layers.Layer):
+def _carn_res_convs(filters, groups, efficient, name):
+  """The convolutions of one CARN residual block (see ``carn_res_block``)."""
+  filters, groups = int(filters), int(groups)
+  _check_groups(filters, groups, "carn_res_block")
+  if groups > 1 and not efficient:
+    raise ValueError("carn_res_block: grouped convs belong to the efficient (CARN-M) block.")
+  if efficient:
+    return (_conv(filters, 3, groups, f"{name}_conv1"),
+            _conv(filters, 3, groups, f"{name}_conv2"),
+            conv2d(filters, 1, name=f"{name}_conv3"))
+  return (conv2d(filters, 3, name=f"{name}_conv1"), conv2d(filters, 3, name=f"{name}_conv2"),
+          None)
+
+
+def carn_res_block(x, filters=64, groups=1, efficient=False, name="res", convs=None):
   """CARN residual block (Ahn et al., ECCV 2018, fig. 3): relu(x + f(x)).
 
   Plain (CARN): f = conv3x3(relu(conv3x3(x))); 73,856 parameters for C = 64.
   Efficient (CARN-M): f = conv1x1(relu(gconv3x3(relu(gconv3x3(x))))) with
   grouped 3x3 convs; 22,720 parameters for C = 64, 4 groups.
 
+  Layers: ``{name}_conv1``, ``{name}_relu1``, ``{name}_conv2``, (efficient:
+  ``{name}_relu2``, ``{name}_conv3``), ``{name}_add``, ``{name}_relu``: 2 ReLU
+  maps (3 efficient).
+
   Args:
+    x: (N, H, W, C) symbolic tensor with C = filters.
     filters: channels C in and out.
     groups: groups of the 3x3 convs (efficient only; C divisible by it).
     efficient: the CARN-M block.
+    name: layer name prefix.
+    convs: the (conv1, conv2, conv3 or None) of an earlier block to apply
+      again (CARN-M's weight sharing; used by ``cascading_block``), or None
+      for new convolutions named after ``name``.
 
-  Call:
-    inputs: (N, H, W, C) float; returns the same shape and dtype (>= 0).
+  Returns:
+    (N, H, W, C) tensor, same dtype (>= 0).
 
   Raises:
     ValueError: groups > 1 without ``efficient``, or C not divisible by groups.
   """
-
-  def __init__(self, filters=64, groups=1, efficient=False, **kwargs):
-    super().__init__(**kwargs)
-    self.filters = int(filters)
-    self.groups = int(groups)
-    self.efficient = bool(efficient)
-    if self.groups < 1 or self.filters % self.groups:
-      raise ValueError(f"CARNResBlock: filters {filters} must be a multiple of groups {groups}.")
-    if self.groups > 1 and not self.efficient:
-      raise ValueError("CARNResBlock: grouped convs belong to the efficient (CARN-M) block.")
-    dtype = self.dtype_policy
-    self.conv1 = _conv(self.filters, 3, self.groups, "conv1", dtype, activation="relu")
-    if self.efficient:
-      self.conv2 = _conv(self.filters, 3, self.groups, "conv2", dtype, activation="relu")
-      self.conv3 = conv2d(self.filters, 1, name="conv3", dtype=dtype)
-    else:
-      self.conv2 = conv2d(self.filters, 3, name="conv2", dtype=dtype)
-      self.conv3 = None
-
-  def call(self, inputs):
-    x = self.conv2(self.conv1(inputs))
-    if self.conv3 is not None:
-      x = self.conv3(x)
-    return tf.nn.relu(inputs + x)
-
-  def get_config(self):
-    config = super().get_config()
-    config.update(filters=self.filters, groups=self.groups, efficient=self.efficient)
-    return config
+  if convs is None:
+    convs = _carn_res_convs(filters, groups, efficient, name)
+  conv1, conv2, conv3 = convs
+  y = _relu(f"{name}_relu1")(conv1(x))
+  y = conv2(y)
+  if conv3 is not None:
+    y = conv3(_relu(f"{name}_relu2")(y))
+  y = tf.keras.layers.Add(name=f"{name}_add")([x, y])
+  return _relu(f"{name}_relu")(y)
 
 
-@tf.keras.utils.register_keras_serializable(package="tfsr_defense")
-class CascadingBlock(tf.keras.layers.Layer):
+def cascading_block(x, filters=64, n_units=3, groups=1, efficient=False, shared=False,
+                    name="block_0"):
   """CARN local cascading block (Ahn et al. 2018, fig. 2(b), official code's ``Block``).
 
       c0 = o0 = x
       for i in 1..n:  b_i = R_i(o_{i-1});  c_i = [c_{i-1}, b_i];  o_i = relu(conv1x1(c_i))
       return o_n
 
-  R_i are CARNResBlocks; with ``shared`` one block is applied n times (CARN-M's
-  recursive weight sharing, as in the official carn_m.py). Trainable parameters
-  for C = 64, n = 3: 3 x 73,856 + 37,056 = 258,624 (CARN); 22,720 + 37,056 =
-  59,776 (CARN-M, 4 groups, shared).
+  R_i are CARN residual blocks ``{name}_res_{i}_*``; with ``shared`` one
+  block's convolutions (``{name}_res_conv*``) are applied n times (CARN-M's
+  recursive weight sharing, as in the official carn_m.py; the activation
+  layers stay one per position). Then ``{name}_concat_{i}``,
+  ``{name}_cascade_{i}`` (1x1 conv) and ``{name}_cascade_{i}_relu``. ReLU
+  maps: n x 3 (CARN) or n x 4 (efficient). Trainable parameters for C = 64,
+  n = 3: 3 x 73,856 + 37,056 = 258,624 (CARN); 22,720 + 37,056 = 59,776
+  (CARN-M, 4 groups, shared).
 
   Args:
+    x: (N, H, W, C) symbolic tensor with C = filters.
     filters: channels C in and out.
     n_units: residual blocks n (3).
-    groups, efficient: as CARNResBlock.
+    groups, efficient: as ``carn_res_block``.
     shared: one residual block reused n times.
+    name: layer name prefix.
 
-  Call:
-    inputs: (N, H, W, C) float; returns the same shape and dtype (>= 0).
-  """
-
-  def __init__(self, filters=64, n_units=3, groups=1, efficient=False, shared=False, **kwargs):
-    super().__init__(**kwargs)
-    self.filters = int(filters)
-    self.n_units = int(n_units)
-    self.groups = int(groups)
-    self.efficient = bool(efficient)
-    self.shared = bool(shared)
-    dtype = self.dtype_policy
-    n_blocks = 1 if self.shared else self.n_units
-    self.units = [CARNResBlock(self.filters, self.groups, self.efficient, name=f"res{i}",
-                               dtype=dtype) for i in range(n_blocks)]
-    self.cascades = [conv2d(self.filters, 1, name=f"cascade{i}", activation="relu", dtype=dtype)
-                     for i in range(self.n_units)]
-
-  def call(self, inputs):
-    cat = out = inputs
-    for i, cascade in enumerate(self.cascades):
-      unit = self.units[0 if self.shared else i]
-      cat = tf.concat([cat, unit(out)], axis=-1)
-      out = cascade(cat)
-    return out
-
-  def get_config(self):
-    config = super().get_config()
-    config.update(filters=self.filters, n_units=self.n_units, groups=self.groups,
-                  efficient=self.efficient, shared=self.shared)
-    return config
-
-
-@tf.keras.utils.register_keras_serializable(package="tfsr_defense")
-class CARNUpsampler(tf.keras.layers.Layer):
-  """CARN sub-pixel upsampler: per step relu(conv3x3 C -> C r^2, ``groups``), pixel shuffle r.
-
-  (ReLU before or after the shuffle is the same function.) Trainable parameters
-  for C = 64: x2 147,712, x3 332,352, x4 295,424; with 4 groups (CARN-M) x2
-  37,120, x3 83,520, x4 74,240.
-
-  Args:
-    scale: 3 or a power of 2.
-    filters: channels C in and out.
-    groups: conv groups (1 for CARN, 4 for CARN-M).
-
-  Call:
-    inputs: (N, H, W, C) float; returns (N, sH, sW, C), same dtype.
+  Returns:
+    (N, H, W, C) tensor, same dtype (>= 0).
 
   Raises:
-    ValueError: a scale that is neither 3 nor a power of 2; C not divisible by groups.
+    ValueError: as ``carn_res_block``.
   """
+  convs = _carn_res_convs(filters, groups, efficient, f"{name}_res") if shared else None
+  cat = out = x
+  for i in range(int(n_units)):
+    unit = carn_res_block(out, filters, groups, efficient, name=f"{name}_res_{i}", convs=convs)
+    cat = tf.keras.layers.Concatenate(name=f"{name}_concat_{i}")([cat, unit])
+    out = conv2d(filters, 1, name=f"{name}_cascade_{i}")(cat)
+    out = _relu(f"{name}_cascade_{i}_relu")(out)
+  return out
 
-  def __init__(self, scale, filters=64, groups=1, **kwargs):
-    super().__init__(**kwargs)
-    self.scale = int(scale)
-    self.filters = int(filters)
-    self.groups = int(groups)
-    if self.groups < 1 or self.filters % self.groups:
-      raise ValueError(f"CARNUpsampler: filters {filters} must be a multiple of groups {groups}.")
-    self.factors = _upscale_factors(self.scale, "CARNUpsampler")
-    dtype = self.dtype_policy
-    self.convs = [_conv(self.filters * r * r, 3, self.groups, f"conv{i}", dtype,
-                        activation="relu") for i, r in enumerate(self.factors)]
 
-  def call(self, inputs):
-    x = inputs
-    for conv, r in zip(self.convs, self.factors):
-      x = tf.nn.depth_to_space(conv(x), r)
-    return x
+def upsampler(x, scale, filters=64, activation=None, groups=1, name="upsampler"):
+  """Sub-pixel upsampler: per step conv3x3 (C -> C r^2, ``groups``), pixel shuffle r, activation.
 
-  def get_config(self):
-    config = super().get_config()
-    config.update(scale=self.scale, filters=self.filters, groups=self.groups)
-    return config
+  x4: two x2 steps; x3: one x3 step; x2: one x2 step. The one upsampler of
+  every network here:
+
+  * EDSR, RCAN, MSRN (official ``common.Upsampler``): ``activation=None``;
+    147,712 parameters per x2 step for C = 64 (x3: 332,352).
+  * SRResNet / SRGAN (Ledig et al. 2017, fig. 4): ``activation='prelu'``,
+    a per-channel PReLU (C weights) after each shuffle: 147,712 + 64 per x2 step.
+  * CARN (Ahn et al. 2018): ``activation='relu'`` (the official code puts it
+    before the shuffle; elementwise, it is the same function after it);
+    CARN-M: ``groups=4``: 37,120 per x2 step, x3 83,520.
+
+  Layers, step j = 0, 1, ...: ``{name}_conv{j}``, ``{name}_shuffle{j}``
+  (PixelShuffle), ``{name}_relu{j}`` / ``{name}_prelu{j}``.
+
+  Args:
+    x: (N, H, W, C) symbolic tensor with C = filters.
+    scale: 3 or a power of 2.
+    filters: channels C in and out.
+    activation: one of ``UPSAMPLER_ACTIVATIONS`` (None, 'relu', 'prelu').
+    groups: conv groups (C divisible by it).
+    name: layer name prefix.
+
+  Returns:
+    (N, scale H, scale W, C) tensor, same dtype.
+
+  Raises:
+    ValueError: a scale that is neither 3 nor a power of 2; an unknown
+      activation; C not divisible by groups.
+  """
+  factors = _upscale_factors(scale, "upsampler")
+  if activation not in UPSAMPLER_ACTIVATIONS:
+    raise ValueError(f"upsampler: activation must be one of {UPSAMPLER_ACTIVATIONS}, "
+                     f"got {activation!r}.")
+  filters, groups = int(filters), int(groups)
+  _check_groups(filters, groups, "upsampler")
+  for j, r in enumerate(factors):
+    x = _conv(filters * r * r, 3, groups, f"{name}_conv{j}")(x)
+    x = PixelShuffle(r, name=f"{name}_shuffle{j}")(x)
+    if activation == "relu":
+      x = _relu(f"{name}_relu{j}")(x)
+    elif activation == "prelu":
+      x = _prelu(f"{name}_prelu{j}")(x)
+  return x

@@ -6,14 +6,25 @@ from typing import Callable, Tuple
 import tensorflow as tf
 
 from tfsr_defense.layers.blocks import MeanShift, conv2d
+from tfsr_defense.layers import entropy
 from tfsr_defense.layers.entropy import EntropyRegularizer
 
 __all__ = ["ModelSpec", "register", "get_spec", "known_models", "build_model",
-           "FEATURES", "regularized_features", "feature_model", "find_regularizer",
+           "FEATURES", "SCALES", "ENTROPY_LAYERS", "DEFAULT_ENTROPY_LAYER", "check_scale",
+           "check_entropy_layer", "resolve_entropy_weight", "entropy_bits",
+           "regularized_features", "feature_model", "find_regularizer",
            "rgb255_input", "rgb255_output"]
 
 # Name of the layer whose output is the regularized feature map (FDA, plots).
 FEATURES = "features"
+# SR scales the networks are built for.
+SCALES = (2, 3, 4)
+# Where the regularizer sits (paper sec. 5.4): the last feature map before the
+# upsampler (the paper's default) or the output of the first convolution.
+ENTROPY_LAYERS = ("pre_upsampler", "first")
+DEFAULT_ENTROPY_LAYER = "pre_upsampler"
+# L_e of a model's latest training call, by value (see layers/entropy.py).
+entropy_bits = entropy.entropy_bits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,16 +70,53 @@ def get_spec(name):
     raise ValueError(f"Unknown model '{name}'. Known models: {', '.join(known_models())}.") from None
 
 
+def check_scale(scale):
+  """``scale`` as an int; ValueError unless it is 2, 3 or 4."""
+  if scale not in SCALES:
+    raise ValueError(f"scale must be 2, 3 or 4, got {scale}.")
+  return int(scale)
+
+
+def check_entropy_layer(entropy_layer):
+  """``entropy_layer`` unchanged; ValueError listing ``ENTROPY_LAYERS`` otherwise."""
+  if entropy_layer not in ENTROPY_LAYERS:
+    raise ValueError(f"Unknown entropy_layer {entropy_layer!r}: use one of "
+                     f"{', '.join(ENTROPY_LAYERS)}.")
+  return entropy_layer
+
+
+def resolve_entropy_weight(name, entropy_weight=None):
+  """lambda of a run: ``entropy_weight``, or the paper's value for network ``name`` if None.
+
+  The one place the default lambda is chosen (trainer, CLI, SRGAN and
+  ``build_model`` call it).
+
+  Returns:
+    float lambda >= 0 (0: the plain network).
+
+  Raises:
+    ValueError: unknown network, or a lambda ``EntropyRegularizer`` refuses
+      (negative, NaN, inf).
+  """
+  spec = get_spec(name)
+  weight = spec.entropy_weight if entropy_weight is None else entropy_weight
+  return entropy.check_settings(weight, 1.0)[0]
+
+
 def build_model(name, scale=4, entropy_weight=None, delta=1.0, noise=True,
-                estimate_entropy=True, **kwargs):
+                estimate_entropy=True, entropy_layer=DEFAULT_ENTROPY_LAYER, **kwargs):
   """Build a registered SR network.
 
   Args:
     name: registry name (see ``known_models()``).
     scale: SR scale s (2, 3 or 4).
-    entropy_weight: lambda >= 0; None takes the paper's value for the network;
-      0 builds the plain network (no regularizer layer).
+    entropy_weight: lambda >= 0; None takes the paper's value for the network
+      (``resolve_entropy_weight``); 0 builds the plain network (no regularizer
+      layer).
     delta, noise, estimate_entropy: EntropyRegularizer settings.
+    entropy_layer: where the regularizer sits, one of ``ENTROPY_LAYERS``;
+      passed to the network's builder as ``entropy_layer=`` only when it is
+      not the default ``'pre_upsampler'``.
     **kwargs: network-specific options.
 
   Returns:
@@ -77,19 +125,18 @@ def build_model(name, scale=4, entropy_weight=None, delta=1.0, noise=True,
     upsampler is the output of the layer named ``FEATURES``.
 
   Raises:
-    ValueError: unknown name, bad scale, lambda < 0, delta <= 0.
+    ValueError: unknown name or entropy_layer, bad scale, a lambda or delta
+      that ``EntropyRegularizer`` refuses (``layers.entropy.check_settings``).
   """
   spec = get_spec(name)
-  if scale not in (2, 3, 4):
-    raise ValueError(f"scale must be 2, 3 or 4, got {scale}.")
-  weight = spec.entropy_weight if entropy_weight is None else float(entropy_weight)
-  if weight < 0:
-    raise ValueError(f"entropy_weight (lambda) must be >= 0, got {weight}.")
-  if not delta > 0:
-    raise ValueError(f"delta must be > 0, got {delta}.")
+  scale = check_scale(scale)
+  weight = resolve_entropy_weight(name, entropy_weight)
+  weight, delta = entropy.check_settings(weight, delta)
+  if check_entropy_layer(entropy_layer) != DEFAULT_ENTROPY_LAYER:
+    kwargs["entropy_layer"] = entropy_layer
   regularizer = None
   if weight > 0:
-    regularizer = dict(weight=weight, delta=float(delta), noise=bool(noise),
+    regularizer = dict(weight=weight, delta=delta, noise=bool(noise),
                        estimate_entropy=bool(estimate_entropy))
   return spec.builder(scale=scale, regularizer=regularizer, **kwargs)
 

@@ -11,25 +11,38 @@ statistics are not parameters (as in PyTorch's count).
 
 Works on [-1, 1] pixels inside (as Ledig et al.'s HR targets); the paper
 trains it with L2 on that range and lambda = 0.1 (Choi et al. 2020, sec. 5.1).
-The entropy regularizer sits after the post-residual conv-BN + skip, before
-the upsampler.
+By default the entropy regularizer sits after the post-residual conv-BN +
+skip, before the upsampler; ``entropy_layer='first'`` puts it on the head's
+output, which here is the head conv's PReLU output (the head is conv + PReLU).
+
+Layer names: ``to_native``, ``head``, ``head_prelu``; residual block i:
+``body_{i}_conv1``, ``body_{i}_bn1``, ``body_{i}_prelu``, ``body_{i}_conv2``,
+``body_{i}_bn2``, ``body_{i}_add``; ``body_conv``, ``body_bn``,
+``body_skip``, ``features``, ``upsampler_conv{j}``, ``upsampler_shuffle{j}``,
+``upsampler_prelu{j}``, ``tail``, ``sr``. The network has no ReLU: its
+rectifier maps (what ``models.activation_layer_names`` returns for 'relu')
+are the 19 PReLU outputs at x4 (head, 16 blocks, 2 upsampler steps).
 """
 
 import tensorflow as tf
 
-from tfsr_defense.layers.blocks import PReLUUpsampler, SRResBlock, conv2d
+from tfsr_defense.layers.blocks import conv2d, srres_block, upsampler
 from tfsr_defense.models import registry
 
 __all__ = ["build_srresnet"]
 
 
-def build_srresnet(scale=4, regularizer=None, n_blocks=16, n_feats=64, name="srresnet"):
+def build_srresnet(scale=4, regularizer=None, n_blocks=16, n_feats=64,
+                   entropy_layer="pre_upsampler", name="srresnet"):
   """SRResNet functional model: float32 [0,1] (N, H, W, 3) -> float32 [0,1] (N, sH, sW, 3).
 
   Args:
     scale: 2, 3 or 4.
     regularizer: EntropyRegularizer kwargs, or None for the plain network.
     n_blocks, n_feats: 16 and 64 in SRResNet (smaller values for tests).
+    entropy_layer: 'pre_upsampler' (after conv-BN + long skip) or 'first'
+      (the head's PReLU output; the blocks and the long skip read the
+      regularized map); both (N, H, W, n_feats).
     name: Keras model name.
 
   Returns:
@@ -37,21 +50,25 @@ def build_srresnet(scale=4, regularizer=None, n_blocks=16, n_feats=64, name="srr
     computes in the policy's dtype, the 9x9 tail and the output in float32.
 
   Raises:
-    ValueError: a scale that is neither 3 nor a power of 2.
+    ValueError: a scale that is neither 3 nor a power of 2; unknown entropy_layer.
   """
+  first = registry.check_entropy_layer(entropy_layer) == "first"
   inputs = tf.keras.Input((None, None, 3), name="lr")
   x = tf.keras.layers.Rescaling(2.0, offset=-1.0, name="to_native")(inputs)
   x = conv2d(n_feats, 9, name="head")(x)
   head = tf.keras.layers.PReLU(alpha_initializer=tf.keras.initializers.Constant(0.25),
                                shared_axes=[1, 2], name="head_prelu")(x)
+  if first:
+    head = registry.regularized_features(head, regularizer)
   x = head
   for i in range(n_blocks):
-    x = SRResBlock(n_feats, 3, name=f"resblock{i}")(x)
+    x = srres_block(x, n_feats, 3, name=f"body_{i}")
   x = conv2d(n_feats, 3, name="body_conv")(x)
   x = tf.keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name="body_bn")(x)
   x = tf.keras.layers.Add(name="body_skip")([x, head])
-  x = registry.regularized_features(x, regularizer)
-  x = PReLUUpsampler(scale, n_feats, name="upsampler")(x)
+  if not first:
+    x = registry.regularized_features(x, regularizer)
+  x = upsampler(x, scale, n_feats, activation="prelu")
   # Output layers in float32 under a mixed policy (see edsr.py).
   x = conv2d(3, 9, name="tail", dtype="float32")(x)
   outputs = tf.keras.layers.Rescaling(0.5, offset=0.5, name="sr", dtype="float32")(x)

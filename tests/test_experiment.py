@@ -1,0 +1,149 @@
+"""The experiment runner (tfsr_defense.experiment): suites, recipes, resumable end-to-end runs."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tfsr_defense import experiment, reports, trainer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_every_study_of_the_paper_is_a_suite():
+  assert experiment.known_suites() == ["ablation", "adversarial", "delta", "lambda", "networks",
+                                       "preprocessing", "target_layer"]
+  lam = experiment.get_suite("lambda")
+  assert [v.overrides["entropy_weight"] for v in lam.variants] == [0.0, 0.1, 1.0, 10.0]
+  delta = experiment.get_suite("delta")
+  assert [v.overrides["delta"] for v in delta.variants] == [0.01, 0.1, 1.0, 10.0]
+  ablation = {v.name: v.overrides for v in experiment.get_suite("ablation").variants}
+  assert ablation["PE"] == dict(entropy_weight=1.0, noise=False)
+  assert ablation["noise"] == dict(entropy_weight=1.0, estimate_entropy=False)
+  with pytest.raises(ValueError, match="Unknown suite 'lamda'. Known suites: ablation"):
+    experiment.get_suite("lamda")
+
+
+def test_recipe_and_shared_run_names(data_dir):
+  recipe = experiment.load_recipe(os.path.join(REPO, experiment.DEFAULT_RECIPE),
+                                  data_dir=data_dir)
+  assert (recipe.model, recipe.scale, recipe.steps, recipe.patch_size) == ("edsr", 4, 4000, 32)
+  assert recipe.train_data == "t91,bsd200" and recipe.lr_boundaries == [2000, 3000, 3500]
+  short = experiment.load_recipe(os.path.join(REPO, experiment.DEFAULT_RECIPE), steps=1000)
+  assert short.steps == 1000 and short.lr_boundaries == [500, 750, 875]
+  names = {}
+  for suite in experiment.SUITES.values():
+    for variant in suite.variants:
+      names.setdefault(experiment.run_name(recipe, variant), set()).add(
+          (suite.name, variant.name))
+  # The lambda = 1 network is shared by five suites and trained once.
+  assert names["edsr_lambda1"] == {("ablation", "PE+noise"), ("lambda", "lambda=1"),
+                                   ("target_layer", "pre-upsampler, lambda=1"),
+                                   ("delta", "delta=1"), ("adversarial", "ER"),
+                                   ("networks", "edsr ER")} | {
+                                       ("preprocessing", "ER + none"),
+                                       ("preprocessing", "ER + JPEG 75"),
+                                       ("preprocessing", "ER + resize 0.9-1.1")}
+  assert "edsr_lambda1_delta0.01" in names and "edsr_lambda1_first" in names
+  assert "edsr_lambda0_adv-ifgsm8x1" in names and "edsr_lambda1_noPE" in names
+  with pytest.raises(FileNotFoundError, match="Recipe flag file not found"):
+    experiment.load_recipe("flags/experiments/none.cfg")
+
+
+def _tiny_recipe(data_dir, steps=4):
+  return trainer.TrainConfig(
+      model="edsr", scale=4, entropy_weight=1.0, train_data="set5", eval_data="",
+      data_dir=data_dir, patch_size=8, batch_size=2, steps=steps, learning_rate=1e-3,
+      precision="float32", checkpoint_every=2, export=False,
+      model_options=dict(n_resblocks=1, n_feats=8))
+
+
+TINY = experiment.Suite("tiny", "test", (
+    experiment.Variant("plain", (("entropy_weight", 0.0),)),
+    experiment.Variant("ER", (("entropy_weight", 1.0),))))
+
+RUN_ARGS = dict(clean_datasets=("set5",), attack_datasets=("set5",), attacks=("fda", "ifgsm"),
+                eps=(4 / 255,), steps=2, clever=True, clever_samples=4, clever_batch=2,
+                max_images=2, plots=False, log=lambda *_: None)
+
+
+def test_tiny_suite_end_to_end_and_resume(data_dir, tmp_path):
+  recipe = _tiny_recipe(data_dir)
+  out, runs = str(tmp_path / "results"), str(tmp_path / "runs")
+  # An interrupted first variant: a checkpoint at step 2 of 4.
+  plain = experiment.variant_config(recipe, TINY.variants[0], runs)
+  trainer.train(dataclasses.replace(plain, steps=2), log=lambda *_: None)
+  statuses = [status for _, _, status in experiment.plan(TINY, recipe, runs)]
+  assert statuses == ["resumable at step 2", "new"]
+  result = experiment.run_suite(TINY, recipe, output_dir=out, runs_root=runs, **RUN_ARGS)
+  suite_dir = result["suite_dir"]
+  assert [r["variant"] for r in result["table"]] == ["plain", "ER"]
+  for row in result["table"]:
+    assert row["psnr_y/set5"] > 0 and row["clever/set5"] > 0
+    assert row["fda (relu)/set5/4"] > 0 and row["ifgsm/set5/4"] > 0
+  with open(os.path.join(plain.run_dir, "result.json"), encoding="utf-8") as f:
+    assert json.load(f)["step"] == 4  # resumed to the end
+  md = open(os.path.join(suite_dir, experiment.TABLE_FILE), encoding="utf-8").read()
+  assert "| plain |" in md and "| ER |" in md and "fda (relu)/set5/4" in md
+  assert os.path.getsize(os.path.join(suite_dir, experiment.FIGURE_FILE)) > 1000
+  for variant in ("plain", "ER"):
+    for name in ("config.json", "flags.txt", "result.json", "model.weights.h5"):
+      assert os.path.isfile(os.path.join(suite_dir, "runs", variant, name)), (variant, name)
+  rows = reports.read_rows(suite_dir)
+  # 2 variants x 2 images x (clean + CLEVER + FDA + I-FGSM).
+  assert len(rows) == 16 and len({r["cell"] for r in rows}) == 16
+  weights_time = os.path.getmtime(os.path.join(plain.run_dir, "model.weights.h5"))
+  again = experiment.run_suite(TINY, recipe, output_dir=out, runs_root=runs, **RUN_ARGS)
+  assert again["table"] == result["table"]
+  assert len(reports.read_rows(suite_dir)) == 16  # nothing recomputed, no duplicates
+  assert os.path.getmtime(os.path.join(plain.run_dir, "model.weights.h5")) == weights_time
+  # Each variant's own report sits beside the merged one.
+  assert len(reports.read_rows(experiment.variant_report_dir(suite_dir, TINY.variants[1]))) == 8
+  # Another recipe into the same suite directory is refused, naming what differs.
+  with pytest.raises(ValueError, match=r"another recipe.*'steps': \(4, 6\)"):
+    experiment.run_suite(TINY, _tiny_recipe(data_dir, steps=6), output_dir=out, runs_root=runs,
+                         **RUN_ARGS)
+
+
+def test_a_variant_busy_in_another_process_is_skipped(data_dir, tmp_path):
+  """Two processes (one per core) can run one suite: a locked variant is left to its owner."""
+  recipe = _tiny_recipe(data_dir, steps=2)
+  out, runs = str(tmp_path / "results"), str(tmp_path / "runs")
+  plain = experiment.variant_config(recipe, TINY.variants[0], runs)
+  os.makedirs(runs, exist_ok=True)
+  with open(plain.run_dir + ".lock", "w", encoding="utf-8") as f:
+    f.write(str(os.getppid()))  # a live process that is not this one
+  args = dict(RUN_ARGS, attacks=(), clever=False)
+  result = experiment.run_suite(TINY, recipe, output_dir=out, runs_root=runs, **args)
+  assert result["busy_variants"] == ["plain"] and [r["variant"] for r in result["table"]] == ["ER"]
+  assert not os.path.isdir(plain.run_dir)
+  with open(plain.run_dir + ".lock", "w", encoding="utf-8") as f:
+    f.write("999999999")  # its process is gone: the stale lock is taken over
+  result = experiment.run_suite(TINY, recipe, output_dir=out, runs_root=runs, **args)
+  assert result["busy_variants"] == [] and [r["variant"] for r in result["table"]] == [
+      "plain", "ER"]
+  assert not os.path.exists(plain.run_dir + ".lock")
+
+
+def test_cli_dry_run_and_errors(data_dir, tmp_path):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TFSR_DATA_DIR=data_dir)
+  recipe = tmp_path / "small.cfg"  # the study recipe with a cheap step to time
+  recipe.write_text(f"--flagfile={experiment.DEFAULT_RECIPE}\n--patch_size=8\n--batch_size=2\n")
+  runs = tmp_path / "runs"
+  proc = subprocess.run([sys.executable, "-m", "tfsr_defense.experiment", "--suite=delta",
+                         "--dry_run", "--steps=8", f"--recipe={recipe}", f"--runs_root={runs}"],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+                        check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "delta=0.01" in proc.stdout and "edsr_lambda1_delta0.01" in proc.stdout
+  assert "new" in proc.stdout and "Estimated on this machine" in proc.stdout
+  assert not runs.exists()  # a dry run changes nothing
+  proc = subprocess.run([sys.executable, "-m", "tfsr_defense.experiment", "--suite=nope"],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+                        check=False)
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1].startswith(
+      "tfsr_defense.experiment: error: flag --suite=nope: value should be one of <ablation")

@@ -1,0 +1,649 @@
+"""The paper's studies (Choi et al., ACCV 2020, sec. 5.1-5.6) as suites: train, evaluate, tabulate.
+
+    python -m tfsr_defense.experiment --suite=lambda --dry_run     # the plan and its estimated time
+    python -m tfsr_defense.experiment --suite=lambda               # train + evaluate (resumable)
+
+A suite is a list of variants of one shared recipe (``flags/experiments/edsr_x4_study.cfg``:
+EDSR-baseline x4, T91 + BSD200, LR patch 32, batch 16, 4000 steps). A variant
+changes only what its study varies (``SUITES``):
+
+| suite | paper | variants |
+|---|---|---|
+| networks | sec. 5.1, Fig. 2 | each network plain and with the regularizer |
+| ablation | sec. 5.2, Fig. 5 | none / probability estimation (PE) / noise / PE + noise |
+| lambda | sec. 5.3, Fig. 6 | lambda = 0, 0.1, 1, 10 |
+| target_layer | sec. 5.4, Fig. 7 | regularizer on the first conv, lambda = 0.1, 1, 10 |
+| delta | sec. 5.5, Fig. 8 | delta = 0.01, 0.1, 1, 10 at lambda = 1 |
+| adversarial | sec. 5.6, Fig. 9 | ER, Adv (I-FGSM alpha 8/255, T 1), ER + Adv |
+| preprocessing | sec. 5.6 | plain and ER networks behind none / JPEG 75 / random resize |
+
+Training runs live in ``runs/experiments/<run>/``, named by what they change
+(``edsr_lambda0.1``...): a variant shared by two suites (the lambda = 1
+network is in five) is trained once. Each run resumes from its checkpoints.
+Every variant is then evaluated into ``results/experiments/<suite>/`` (the
+report store of ``evaluation``: clean PSNR-Y / SSIM-Y on the clean datasets;
+FDA (official: all ReLU maps) and I-FGSM at every eps on the attack datasets;
+CLEVER on Set5) and the suite's table ``suite.md`` and figure
+``suite.png`` (SR-PSNR against eps per variant, CLEVER against clean PSNR) are
+written from it. Re-running a suite skips finished training and finished
+evaluation cells. The suite directory records its recipe; a re-run with
+another recipe (or budget) is refused, so one suite never mixes recipes.
+"""
+
+import dataclasses
+import json
+import os
+import sys
+import time
+
+from absl import flags
+
+from tfsr_defense import cli, data, defenses, evaluation, fileio, models, reports, trainer
+
+__all__ = ["Variant", "Suite", "SUITES", "known_suites", "get_suite", "load_recipe",
+           "variant_config", "run_name", "plan", "run_suite", "suite_table", "DEFAULT_RECIPE"]
+
+DEFAULT_RECIPE = os.path.join("flags", "experiments", "edsr_x4_study.cfg")
+SUITE_FILE = "suite.json"
+TABLE_FILE = "suite.md"
+FIGURE_FILE = "suite.png"
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """One variant of a suite.
+
+  Attributes:
+    name: its label in the suite's reports (e.g. 'lambda=0.1').
+    train: TrainConfig fields it changes from the recipe.
+    defense: input pre-processing in front of the trained network at
+      evaluation ('none', or a ``defenses.parse_defense`` spec, e.g. 'jpeg:75').
+  """
+  name: str
+  train: tuple = ()   # ((field, value), ...): hashable, ordered
+  defense: str = "none"
+
+  @property
+  def overrides(self):
+    return dict(self.train)
+
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+  """A study of the paper: its variants of the shared recipe."""
+  name: str
+  paper: str
+  variants: tuple
+
+
+def _v(name, defense="none", **train):
+  return Variant(name, tuple(sorted(train.items())), defense)
+
+
+_PLAIN = dict(entropy_weight=0.0)
+_ER = dict(entropy_weight=1.0)
+
+SUITES = {s.name: s for s in (
+    Suite("ablation", "sec. 5.2, Fig. 5", (
+        _v("none", **_PLAIN),
+        _v("PE", entropy_weight=1.0, noise=False),
+        _v("noise", entropy_weight=1.0, estimate_entropy=False),
+        _v("PE+noise", **_ER))),
+    Suite("lambda", "sec. 5.3, Fig. 6", tuple(
+        _v(f"lambda={lam:g}", entropy_weight=lam) for lam in (0.0, 0.1, 1.0, 10.0))),
+    Suite("target_layer", "sec. 5.4, Fig. 7", tuple(
+        _v(f"first conv, lambda={lam:g}", entropy_weight=lam, entropy_layer="first")
+        for lam in (0.1, 1.0, 10.0)) + (_v("pre-upsampler, lambda=1", **_ER),)),
+    Suite("delta", "sec. 5.5, Fig. 8", tuple(
+        _v(f"delta={d:g}", entropy_weight=1.0, delta=d) for d in (0.01, 0.1, 1.0, 10.0))),
+    Suite("adversarial", "sec. 5.6, Fig. 9", (
+        _v("plain", **_PLAIN),
+        _v("ER", **_ER),
+        _v("Adv", entropy_weight=0.0, adversarial="ifgsm"),
+        _v("ER+Adv", entropy_weight=1.0, adversarial="ifgsm"))),
+    Suite("preprocessing", "sec. 2.3 and 5.6", tuple(
+        _v(f"{net} + {label}", defense=defense, **train)
+        for net, train in (("plain", _PLAIN), ("ER", _ER))
+        for label, defense in (("none", "none"), ("JPEG 75", "jpeg:75"),
+                               ("resize 0.9-1.1", "resize:0.9-1.1")))),
+    Suite("networks", "sec. 5.1, Fig. 2", tuple(
+        _v(f"{net} {kind}", model=net, **train)
+        for net in ("edsr", "carn", "carn_m", "srresnet", "msrn", "rcan")
+        for kind, train in (("plain", _PLAIN), ("ER", dict(entropy_weight=None))))),
+)}
+
+
+def known_suites():
+  return sorted(SUITES)
+
+
+def get_suite(name):
+  """The Suite ``name``; ValueError listing the known suites otherwise."""
+  try:
+    return SUITES[name]
+  except KeyError:
+    raise ValueError(f"Unknown suite '{name}'. Known suites: {', '.join(known_suites())}.") \
+        from None
+
+
+def load_recipe(path=DEFAULT_RECIPE, steps=None, data_dir=None):
+  """The shared TrainConfig of a recipe flag file (through ``train``'s flags).
+
+  Args:
+    path: absl flag file (nested --flagfile paths resolve from the working directory).
+    steps: per-variant budget; None keeps the file's. The learning-rate
+      boundaries are rescaled by steps / file steps.
+    data_dir: data directory for the dataset names.
+
+  Raises:
+    FileNotFoundError: no such file; ValueError: a bad flag or value in it.
+  """
+  from tfsr_defense import train  # pylint: disable=g-import-not-at-top
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"Recipe flag file not found: {path}")
+  train.FLAGS.unparse_flags()
+  try:
+    train.FLAGS(["experiment", f"--flagfile={path}"])
+    config = train.config_from_flags()
+  except flags.Error as e:
+    raise ValueError(f"Recipe {path}: {e}") from e
+  finally:
+    train.FLAGS.unparse_flags()
+  if steps is not None and int(steps) != config.steps:
+    factor = int(steps) / config.steps
+    boundaries = None
+    if config.lr_boundaries:
+      boundaries = sorted({max(1, min(int(steps) - 1, round(b * factor)))
+                           for b in config.lr_boundaries})
+      if len(boundaries) != len(config.lr_boundaries):
+        raise ValueError(f"--steps={steps} is too small to keep the recipe's "
+                         f"{len(config.lr_boundaries)} learning-rate boundaries apart.")
+    config = dataclasses.replace(config, steps=int(steps), lr_boundaries=boundaries,
+                                 eval_every=min(config.eval_every, int(steps)))
+  if data_dir:
+    config = dataclasses.replace(config, data_dir=data_dir)
+  config.validate()
+  return config
+
+
+def run_name(recipe, variant):
+  """Run directory name of a variant: the network and what it changes from the recipe.
+
+  E.g. 'edsr_lambda0', 'edsr_lambda1_delta0.01', 'edsr_lambda1_first', 'carn_lambda1'.
+  Two variants with the same training configuration get the same name.
+  """
+  config = variant_config(recipe, variant, runs_root="")
+  parts = [config.model, f"lambda{config.lam:g}"]
+  if config.lam > 0:
+    if config.delta != 1.0:
+      parts.append(f"delta{config.delta:g}")
+    if not config.noise:
+      parts.append("nonoise")
+    if not config.estimate_entropy:
+      parts.append("noPE")
+    if config.entropy_layer != "pre_upsampler":
+      parts.append(config.entropy_layer)
+  if config.adversarial != "none":
+    parts.append(f"adv-{config.adversarial}{config.adv_eps * 255:g}x{config.adv_steps}")
+  return "_".join(parts)
+
+
+def variant_config(recipe, variant, runs_root=os.path.join("runs", "experiments")):
+  """The TrainConfig of a variant: the recipe with the variant's changes and its run directory."""
+  changes = dict(variant.overrides)
+  config = dataclasses.replace(recipe, **changes)
+  if "model" in changes and "entropy_weight" not in changes:
+    config = dataclasses.replace(config, entropy_weight=None)
+  if not runs_root:
+    return config
+  return dataclasses.replace(config, run_dir=os.path.join(runs_root, run_name(recipe, variant)))
+
+
+def _recipe_record(recipe):
+  record = dataclasses.asdict(recipe)
+  for key in ("run_dir", "data_dir", "checkpoint_every", "eval_every", "log_every", "export"):
+    record.pop(key, None)
+  return record
+
+
+def _check_suite_dir(suite_dir, suite, recipe, eval_settings):
+  """Refuse a suite directory made with another recipe or evaluation budget; record this one."""
+  path = os.path.join(suite_dir, SUITE_FILE)
+  record = dict(suite=suite.name, recipe=_recipe_record(recipe), evaluation=eval_settings)
+  if os.path.isfile(path):
+    with open(path, encoding="utf-8") as f:
+      saved = json.load(f)
+    diff = {k: (saved.get("recipe", {}).get(k), v) for k, v in record["recipe"].items()
+            if saved.get("recipe", {}).get(k) != v}
+    diff.update({f"evaluation.{k}": (saved.get("evaluation", {}).get(k), v)
+                 for k, v in eval_settings.items() if saved.get("evaluation", {}).get(k) != v})
+    if diff:
+      raise ValueError(
+          f"Suite directory {suite_dir} was made with another recipe or evaluation budget "
+          f"(saved vs now: {diff}). A suite never mixes recipes: use another --output_dir or "
+          "the same settings.")
+  os.makedirs(suite_dir, exist_ok=True)
+  fileio.atomic_write(path, fileio.json_text(
+      dict(record, variants=[dataclasses.asdict(v) for v in suite.variants]), indent=2))
+
+
+def _trained(config):
+  """True when the run directory holds the final weights of exactly ``config.steps`` steps."""
+  path = os.path.join(config.run_dir, "result.json")
+  if not os.path.isfile(path) or not os.path.isfile(os.path.join(config.run_dir,
+                                                                 "model.weights.h5")):
+    return False
+  with open(path, encoding="utf-8") as f:
+    return json.load(f).get("step") == config.steps
+
+
+def plan(suite, recipe, runs_root=os.path.join("runs", "experiments")):
+  """[(variant, TrainConfig, status)] with status 'trained', 'resumable at step N' or 'new'."""
+  out = []
+  for variant in suite.variants:
+    config = variant_config(recipe, variant, runs_root)
+    if _trained(config):
+      status = "trained"
+    else:
+      latest = _latest_step(config.run_dir)
+      status = f"resumable at step {latest}" if latest else "new"
+    out.append((variant, config, status))
+  return out
+
+
+def _latest_step(run_dir):
+  ckpt = os.path.join(run_dir, "ckpt")
+  if not os.path.isdir(ckpt):
+    return 0
+  steps = [int(f.split("-")[1].split(".")[0]) for f in os.listdir(ckpt)
+           if f.startswith("ckpt-") and f.endswith(".index")]
+  return max(steps) if steps else 0
+
+
+def _variant_models(config, variant):
+  """{report name: SRModel} of a trained variant: the float32 network, or (pre-processing
+  variants) the network behind its defense under both threat models."""
+  model = trainer.build_for_inference(config)
+  model.load_weights(os.path.join(config.run_dir, "model.weights.h5"))
+  return defenses.defended_sr_models(model, variant.defense, name=variant.name,
+                                     scale=config.scale)
+
+
+def run_suite(suite, recipe, *, output_dir=os.path.join("results", "experiments"),
+              runs_root=os.path.join("runs", "experiments"), clean_datasets=("set5", "set14",
+                                                                             "bsd100"),
+              attack_datasets=("set5", "bsd100"), attack_images=20, attacks=("fda", "ifgsm"),
+              eps=evaluation.DEFAULT_EPS, steps=50, clever=True, clever_samples=1024,
+              clever_batch=16, precision="float32", train=True, max_images=None, plots=True,
+              log=print):
+  """Train every variant of ``suite`` (resumable) and evaluate it into ``<output_dir>/<suite>``.
+
+  Args:
+    suite: Suite.
+    recipe: the shared TrainConfig (``load_recipe``).
+    output_dir, runs_root: where the suite's reports and the training runs go.
+    clean_datasets: datasets for clean PSNR-Y / SSIM-Y (all images).
+    attack_datasets: datasets attacked; Set5 whole, the others' first
+      ``attack_images`` images (the same images for every variant).
+    attacks, eps, steps: as ``evaluation.evaluate`` (FDA: official settings).
+    clever: CLEVER (N_s = clever_samples) on Set5.
+    precision: attack / CLEVER gradient precision.
+    train: False evaluates only the variants already trained.
+    max_images: use only the first N images of every dataset (smoke runs).
+    plots: also draw each variant's report figures (``plots.make_plots``);
+      the suite figure is always drawn.
+    log: progress lines.
+
+  Returns:
+    dict(suite_dir, table (list of dicts, see ``suite_table``), skipped_variants
+    (not trained, train=False), busy_variants (locked by another process: run
+    the suite again when it is done)).
+
+  Raises:
+    ValueError: a suite directory made with another recipe / budget;
+    FileNotFoundError / ValueError: missing data; trainer errors.
+  """
+  suite_dir = os.path.join(output_dir, suite.name)
+  eval_settings = dict(clean_datasets=list(clean_datasets), attack_datasets=list(attack_datasets),
+                       attack_images=int(attack_images), attacks=list(attacks),
+                       eps_255=[round(e * 255, 6) for e in eps], steps=int(steps),
+                       clever=bool(clever), clever_samples=int(clever_samples),
+                       precision=precision, max_images=max_images)
+  # Every input is checked before anything is written or trained.
+  scale = recipe.scale
+  sets = {}
+  for name in dict.fromkeys(tuple(clean_datasets) + tuple(attack_datasets)):
+    sets[name] = data.load_pairs(name, scale, data_dir=recipe.data_dir, max_images=max_images)
+  _check_suite_dir(suite_dir, suite, recipe, eval_settings)
+  skipped, busy = [], []
+  for index, (variant, config, status) in enumerate(plan(suite, recipe, runs_root), 1):
+    log(f"[{suite.name} {index}/{len(suite.variants)}] {variant.name}: {config.run_dir} ({status})")
+    if status != "trained":
+      if not train:
+        skipped.append(variant.name)
+        continue
+      with _Lock(config.run_dir) as locked:
+        if not locked:
+          log(f"  {config.run_dir} is being trained by process {locked.owner}: skipped for now")
+          busy.append(variant.name)
+          continue
+        if not _trained(config):  # another process may have finished it meanwhile
+          trainer.train(config, log=log, flags_text=flags_text(config))
+    report_dir = variant_report_dir(suite_dir, variant)
+    with _Lock(report_dir) as locked:
+      if not locked:
+        log(f"  {report_dir} is being evaluated by process {locked.owner}: skipped for now")
+        busy.append(variant.name)
+        continue
+      _copy_run_files(config, os.path.join(suite_dir, "runs", reports.safe_name(variant.name)))
+      nets = _variant_models(config, variant)
+      evaluation.evaluate(nets, {k: sets[k] for k in clean_datasets}, report_dir,
+                          attacks=(), plots=False, progress=True)
+      attacked = {k: (sets[k] if k == "set5" else sets[k][:attack_images])
+                  for k in attack_datasets}
+      evaluation.evaluate(nets, attacked, report_dir, attacks=attacks, eps=eps, steps=steps,
+                          precision=precision, plots=False, progress=True)
+      if clever and "set5" in sets:
+        evaluation.evaluate(nets, {"set5": sets["set5"]}, report_dir, attacks=(), clever=True,
+                            clever_samples=clever_samples, clever_batch=clever_batch,
+                            precision=precision, plots=plots, progress=True)
+  table = write_suite_report(suite, suite_dir)
+  return dict(suite_dir=suite_dir, table=table, skipped_variants=skipped, busy_variants=busy)
+
+
+def variant_report_dir(suite_dir, variant):
+  """The evaluation report directory of one variant inside its suite's directory."""
+  return os.path.join(suite_dir, "variants", reports.safe_name(variant.name))
+
+
+class _Lock:
+  """``<path>.lock`` held by this process while it trains / evaluates there (O_EXCL file).
+
+  A lock whose process is gone is taken over. ``with _Lock(p) as locked``:
+  ``bool(locked)`` says whether this process holds it; ``locked.owner`` is
+  the pid that holds it otherwise. Two suites (or two processes of one suite,
+  one per core) thus never train one run or fill one report at the same time.
+  """
+
+  def __init__(self, path):
+    self.path = os.path.normpath(path) + ".lock"
+    self.owner = None
+    self.held = False
+
+  def __enter__(self):
+    os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+    for _ in range(2):
+      try:
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+      except FileExistsError:
+        try:
+          with open(self.path, encoding="utf-8") as f:
+            self.owner = int(f.read().strip() or 0)
+        except (OSError, ValueError):
+          self.owner = 0
+        if self.owner and _alive(self.owner):
+          return self
+        try:
+          os.remove(self.path)  # a stale lock: its process is gone
+        except FileNotFoundError:
+          pass
+        continue
+      with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(str(os.getpid()))
+      self.held, self.owner = True, os.getpid()
+      return self
+    return self
+
+  def __bool__(self):
+    return self.held
+
+  def __exit__(self, *exc):
+    if self.held:
+      try:
+        os.remove(self.path)
+      except FileNotFoundError:
+        pass
+    return False
+
+
+def _alive(pid):
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def flags_text(config):
+  """The TrainConfig as ``python -m tfsr_defense.train`` flags (one per line, for --flagfile)."""
+  from tfsr_defense import train  # pylint: disable=g-import-not-at-top
+  lines = []
+  for field in dataclasses.fields(config):
+    value = getattr(config, field.name)
+    if field.name not in train.FLAGS or value is None:
+      continue
+    if isinstance(value, (list, tuple)):
+      value = ",".join(str(v) for v in value)
+    elif field.name == "adv_eps":  # the flag takes /255 units
+      value = f"{value * 255:g}"
+    lines.append(f"--{field.name}={value}\n")
+  return "".join(lines)
+
+
+def _copy_run_files(config, target):
+  """The run's effective flags, config, validation result and (small) final weights."""
+  os.makedirs(target, exist_ok=True)
+  fileio.atomic_write(os.path.join(target, "flags.txt"), flags_text(config))
+  names = ["config.json", "result.json"]
+  # Weights only where small (EDSR-baseline, CARN: < 8 MB); the rest: rerun the command.
+  weights = os.path.join(config.run_dir, "model.weights.h5")
+  if os.path.isfile(weights) and os.path.getsize(weights) < 8 * 2 ** 20:
+    names.append("model.weights.h5")
+  for name in names:
+    src = os.path.join(config.run_dir, name)
+    if os.path.isfile(src):
+      with open(src, "rb") as f:
+        payload = f.read()
+      with open(os.path.join(target, name), "wb") as f:
+        f.write(payload)
+
+
+def _report_names(suite, summary):
+  """The suite's report model names in variant order ('<variant> [<threat model>]' after it)."""
+  present = {s["model"] for s in summary}
+  names = []
+  for variant in suite.variants:
+    names += sorted(n for n in present if n == variant.name or n.startswith(variant.name + " ["))
+  return names
+
+
+def suite_table(suite, summary):
+  """One row per variant (and threat model): clean PSNR-Y per dataset, SR-PSNR per attack and
+  eps, CLEVER on Set5."""
+  rows = []
+  for name in _report_names(suite, summary):
+    row = dict(variant=name)
+    for s in summary:
+      if s["model"] != name:
+        continue
+      if s["kind"] == "clean":
+        row[f"psnr_y/{s['dataset']}"] = s["psnr_y"]
+      elif s["kind"] == "clever" and s["dataset"] == "set5":
+        row["clever/set5"] = s["clever"]
+      elif s["kind"] == "attack":
+        row[f"{reports.attack_label(s)}/{s['dataset']}/{s['eps_255']:g}"] = s["sr_psnr"]
+    rows.append(row)
+  return rows
+
+
+def write_suite_report(suite, suite_dir):
+  """Merge the variants' report stores into the suite's; write ``suite.md`` and ``suite.png``.
+
+  The suite directory then holds the merged ``rows.jsonl`` / ``rows.csv``,
+  ``summary.*`` (``reports.write_reports``), the one-table ``suite.md`` and
+  the figure ``suite.png``; each variant's own report (and figures, with
+  ``plots``) stays in ``variants/<variant>/``.
+  """
+  rows = []
+  for variant in suite.variants:
+    rows += reports.read_rows(variant_report_dir(suite_dir, variant))
+  os.makedirs(suite_dir, exist_ok=True)
+  fileio.atomic_write(os.path.join(suite_dir, reports.ROWS_FILE),
+                      "".join(fileio.json_text(r) + "\n" for r in rows))
+  summary = reports.write_reports(suite_dir)
+  table = suite_table(suite, summary)
+  columns = sorted({k for r in table for k in r if k != "variant"},
+                   key=lambda k: (k.split("/")[0] != "psnr_y", k.split("/")[0],
+                                  k.split("/")[1] if "/" in k else "",
+                                  float(k.split("/")[2]) if k.count("/") == 2 else 0.0))
+  lines = [f"# Suite '{suite.name}' (Choi et al., ACCV 2020, {suite.paper})", "",
+           "psnr_y/<set>: clean PSNR-Y (dB; S(x) vs HR, Y, shave = scale, peak 255). "
+           "<attack>/<set>/<eps>: mean SR-PSNR (dB; S(x) vs S(x~), Y, shave = scale, peak 255) "
+           "at eps/255. clever/set5: mean CLEVER (paper eq. 15). Settings and per-image rows: "
+           f"{reports.MARKDOWN_FILE}, {reports.ROWS_CSV}.", "",
+           "| variant | " + " | ".join(columns) + " |",
+           "|---|" + "---|" * len(columns)]
+  for r in table:
+    lines.append(f"| {r['variant']} | " + " | ".join(
+        "–" if r.get(c) is None else f"{r[c]:.2f}" for c in columns) + " |")
+  fileio.atomic_write(os.path.join(suite_dir, TABLE_FILE), "\n".join(lines) + "\n")
+  from tfsr_defense import plots  # pylint: disable=g-import-not-at-top
+  plots.plot_suite(summary, _report_names(suite, summary), os.path.join(suite_dir, FIGURE_FILE),
+                   title=f"{suite.name} ({suite.paper})")
+  return table
+
+
+def estimate_seconds(suite, recipe, *, runs_root, attack_images, eps, steps, clever,
+                     clever_samples, fda_steps=10, seconds_per_step=None, seconds_per_grad=None):
+  """Rough time of what is left of a suite: remaining steps x step time + gradients x their time."""
+  remaining = 0
+  for _, config, status in plan(suite, recipe, runs_root):
+    if status != "trained":
+      remaining += config.steps - _latest_step(config.run_dir)
+  images = 5 + attack_images
+  grads = len(suite.variants) * images * len(eps) * (steps + fda_steps * 1.5)
+  if clever:
+    grads += len(suite.variants) * 5 * clever_samples
+  return remaining * (seconds_per_step or 0.0) + grads * (seconds_per_grad or 0.0), remaining, grads
+
+
+def measure_step_and_gradient(recipe):
+  """(s per training step of the recipe's network, s per input gradient on a 120x80 LR image)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tfsr_defense import attacks, precision  # pylint: disable=g-import-not-at-top
+  with precision.policy_scope(precision.resolve_precision(recipe.precision)):
+    model = models.build_model(recipe.model, recipe.scale, entropy_weight=recipe.lam,
+                               delta=recipe.delta)
+  x = tf.random.uniform([recipe.batch_size, recipe.patch_size, recipe.patch_size, 3])
+  y = tf.random.uniform([recipe.batch_size, recipe.patch_size * recipe.scale,
+                         recipe.patch_size * recipe.scale, 3])
+  optimizer = tf.keras.optimizers.Adam(1e-4)
+
+  @tf.function
+  def step():
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_mean(tf.abs(model(x, training=True) - y)) + tf.add_n(model.losses or [0.0])
+    optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables),
+                                  model.trainable_variables))
+  step()
+  start = time.perf_counter()
+  step()
+  step_time = time.perf_counter() - start
+  engine = attacks.GradientEngine(trainer.build_for_inference(recipe))
+  image = tf.random.uniform([1, 80, 120, 3])
+  attacks.ifgsm.attack(engine, image, eps=1 / 255, steps=1)
+  start = time.perf_counter()
+  attacks.ifgsm.attack(engine, image, eps=1 / 255, steps=5)
+  return step_time, (time.perf_counter() - start) / 5
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+
+FLAGS = flags.FlagValues()
+flags.DEFINE_enum("suite", None, known_suites(), "The study to run.", flag_values=FLAGS)
+flags.DEFINE_string("recipe", DEFAULT_RECIPE, "Shared recipe flag file of the suite.",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("steps", None, "Training steps per variant (default: the recipe's 4000); "
+                     "the learning-rate boundaries scale with it.", flag_values=FLAGS)
+flags.DEFINE_string("data_dir", None, f"Data directory (default ${data.DATA_DIR_ENV}).",
+                    flag_values=FLAGS)
+flags.DEFINE_string("output_dir", os.path.join("results", "experiments"),
+                    "Reports go to <output_dir>/<suite>/.", flag_values=FLAGS)
+flags.DEFINE_string("runs_root", os.path.join("runs", "experiments"),
+                    "Training runs go to <runs_root>/<run name>/.", flag_values=FLAGS)
+flags.DEFINE_list("clean_datasets", ["set5", "set14", "bsd100"],
+                  "Datasets of the clean PSNR-Y / SSIM-Y (all images).", flag_values=FLAGS)
+flags.DEFINE_list("attack_datasets", ["set5", "bsd100"],
+                  "Datasets attacked (Set5 whole, others' first --attack_images).",
+                  flag_values=FLAGS)
+flags.DEFINE_integer("attack_images", 20, "Images attacked per dataset other than Set5.",
+                     flag_values=FLAGS)
+flags.DEFINE_list("attacks", ["fda", "ifgsm"], "Attacks (FDA with the official settings).",
+                  flag_values=FLAGS)
+flags.DEFINE_list("eps", ["1", "2", "4", "8", "16", "32"], "eps in units of 1/255.",
+                  flag_values=FLAGS)
+flags.DEFINE_integer("attack_steps", 50, "I-FGSM iterations (paper: 50).", flag_values=FLAGS)
+flags.DEFINE_bool("clever", True, "CLEVER on Set5.", flag_values=FLAGS)
+flags.DEFINE_integer("clever_samples", 1024, "CLEVER N_s (paper: 1024).", flag_values=FLAGS)
+flags.DEFINE_enum("precision", "float32", ("float32", "mixed_bfloat16"),
+                  "Attack / CLEVER gradient precision.", flag_values=FLAGS)
+flags.DEFINE_integer("max_images", None, "Only the first N images of every dataset (smoke runs).",
+                     flag_values=FLAGS)
+flags.DEFINE_bool("train", True, "Train missing variants (false: evaluate trained ones only).",
+                  flag_values=FLAGS)
+flags.DEFINE_bool("dry_run", False, "Print the plan and its estimated time; change nothing.",
+                  flag_values=FLAGS)
+flags.mark_flag_as_required("suite", flag_values=FLAGS)
+
+
+def main(argv):
+  del argv
+  suite = get_suite(FLAGS.suite)
+  recipe = load_recipe(FLAGS.recipe, FLAGS.steps, FLAGS.data_dir)
+  eps = []
+  for v in FLAGS.eps:
+    try:
+      eps.append(float(v) / 255.0)
+    except ValueError:
+      raise ValueError(f"--eps takes numbers in units of 1/255; got {v!r}.") from None
+  if FLAGS.dry_run:
+    print(f"Suite '{suite.name}' ({suite.paper}), recipe {FLAGS.recipe} "
+          f"({recipe.steps} steps per variant):")
+    for variant, config, status in plan(suite, recipe, FLAGS.runs_root):
+      print(f"  {variant.name:28s} {config.run_dir:45s} {status}")
+    step_time, grad_time = measure_step_and_gradient(recipe)
+    total, remaining, grads = estimate_seconds(
+        suite, recipe, runs_root=FLAGS.runs_root, attack_images=FLAGS.attack_images, eps=eps,
+        steps=FLAGS.attack_steps, clever=FLAGS.clever, clever_samples=FLAGS.clever_samples,
+        seconds_per_step=step_time, seconds_per_grad=grad_time)
+    print(f"Estimated on this machine: {remaining} training steps x {step_time:.2f} s + "
+          f"~{grads:.0f} input gradients x {grad_time:.3f} s = {total / 3600:.1f} h "
+          "(one process; gradients measured on a 120x80 LR image).")
+    return
+  result = run_suite(
+      suite, recipe, output_dir=FLAGS.output_dir, runs_root=FLAGS.runs_root,
+      clean_datasets=FLAGS.clean_datasets, attack_datasets=FLAGS.attack_datasets,
+      attack_images=FLAGS.attack_images, attacks=FLAGS.attacks, eps=eps,
+      steps=FLAGS.attack_steps, clever=FLAGS.clever, clever_samples=FLAGS.clever_samples,
+      precision=FLAGS.precision, train=FLAGS.train, max_images=FLAGS.max_images)
+  print(f"Suite report: {os.path.join(result['suite_dir'], TABLE_FILE)}")
+  if result["busy_variants"]:
+    print(f"Busy in another process (run the suite again later): "
+          f"{', '.join(result['busy_variants'])}", file=sys.stderr)
+  if result["skipped_variants"]:
+    print(f"Not trained yet (--train=false): {', '.join(result['skipped_variants'])}",
+          file=sys.stderr)
+
+
+def run(argv=None):
+  """Console entry point ``tfsr-experiment``."""
+  cli.run(main, FLAGS, prog="tfsr_defense.experiment", doc=__doc__, argv=argv,
+          errors=(ValueError, FileNotFoundError, trainer.CheckpointError))
+
+
+if __name__ == "__main__":
+  run()
