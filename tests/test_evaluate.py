@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfsr_defense import attacks, data, evaluation, models, reports, serving
+from tfsr_defense import attacks, data, defenses, evaluation, models, reports, serving
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = os.environ.get(data.DATA_DIR_ENV) or str(REPO.parent / "shared" / "data")
@@ -90,7 +90,7 @@ def test_cli_writes_report(cli_report):
   assert len(summary_csv) == 2 + 4  # clean, clever, 2 attacks x 2 eps
   summary = json.loads((cli_report / "summary.json").read_text())
   attack_rows = [s for s in summary["summary"] if s["kind"] == "attack"]
-  assert {(s["attack"], s["attack_layers"], s["eps_255"], s["images"]) for s in attack_rows} == {
+  assert {(s["attack"], s["attack_variant"], s["eps_255"], s["images"]) for s in attack_rows} == {
       ("fda", "relu", 2.0, 2), ("fda", "relu", 8.0, 2), ("ifgsm", None, 2.0, 2),
       ("ifgsm", None, 8.0, 2)}
   # The official FDA's settings are stated: all ReLU maps, steps of eps / 8.
@@ -285,3 +285,35 @@ def test_cli_bad_input_exits_2(tmp_path):
   proc = _cli("--bogus=1")
   assert proc.returncode == 2 and "error: Unknown command line flag 'bogus'" in proc.stderr
   assert not (tmp_path / "r").exists()
+
+
+def test_defended_models_both_threat_models_and_hr_target(tmp_path):
+  """A network behind JPEG under both threat models, and I-FGSM's HR-target variant."""
+  tf.keras.utils.set_random_seed(6)
+  net = models.build_model("edsr", 2, entropy_weight=0, n_resblocks=1, n_feats=8)
+  rng = np.random.default_rng(2)
+  lr = (rng.uniform(size=(12, 12, 3)) * 255).astype(np.uint8)
+  pairs = [data.ImagePair("n0", lr, np.repeat(np.repeat(lr, 2, 0), 2, 1))]
+  nets = defenses.defended_sr_models(net, "jpeg:75", name="tiny")
+  assert sorted(nets) == ["tiny [adaptive]", "tiny [non-adaptive]"]
+  assert nets["tiny [adaptive]"].fingerprint != nets["tiny [non-adaptive]"].fingerprint
+  assert nets["tiny [non-adaptive]"].keras_model is net  # the attacker sees the bare network
+  nets["tiny"] = serving.SRModel.from_keras(net, name="tiny")
+  evaluation.evaluate(nets, {"noise": pairs}, str(tmp_path), attacks=["ifgsm", "fda"],
+                      eps=[8 / 255], steps=2, fda_steps=2, plots=False)
+  evaluation.evaluate(nets, {"noise": pairs}, str(tmp_path), attacks=["ifgsm"], eps=[8 / 255],
+                      steps=2, ifgsm_target="hr", plots=False)
+  rows = reports.read_rows(tmp_path)
+  clean = {r["model"]: r["psnr_y"] for r in rows if r["kind"] == "clean"}
+  # The defended clean output is JPEG's, not the bare network's.
+  assert clean["tiny [adaptive]"] == clean["tiny [non-adaptive]"] != clean["tiny"]
+  attacked = {(r["model"], reports.attack_label(r)): r for r in rows if r["kind"] == "attack"}
+  assert set(attacked) == {(m, a) for m in nets for a in ("ifgsm", "fda (relu)", "ifgsm (hr)")}
+  for r in attacked.values():
+    assert r["lr_psnr"] >= -20 * np.log10(8 / 255) - 1e-3  # in the eps-ball
+  # The two threat models attack differently (BPDA through JPEG vs the bare network).
+  assert (attacked[("tiny [adaptive]", "ifgsm")]["sr_psnr"]
+          != attacked[("tiny [non-adaptive]", "ifgsm")]["sr_psnr"])
+  with pytest.raises(ValueError, match="ifgsm_target must be one of"):
+    evaluation.evaluate(nets, {"noise": pairs}, str(tmp_path), attacks=["ifgsm"],
+                        ifgsm_target="lr", plots=False)

@@ -50,6 +50,12 @@ flags.DEFINE_integer("fda_steps", attacks.fda.DEFAULT_STEPS,
 flags.DEFINE_float("fda_step_size", attacks.fda.STEP_FRACTION,
                    "FDA step size as a fraction of eps (official FDA: 1/8 = 0.125).",
                    flag_values=FLAGS)
+flags.DEFINE_float("fda_random_start", 1.0,
+                   "Radius of FDA's uniform random start as a fraction of eps (official FDA: 1, "
+                   "the whole ball; 0 starts at x).", flag_values=FLAGS)
+flags.DEFINE_enum("ifgsm_target", "clean_sr", ("clean_sr", "hr"),
+                  "I-FGSM pushes S(x~) away from the clean output S(x) (the paper; random start) "
+                  "or from HR (tf-sr-attack's HR-target variant).", flag_values=FLAGS)
 flags.DEFINE_enum("precision", "float32", attacks.engine.ATTACK_PRECISIONS,
                   "Precision of the attack and CLEVER gradients: mixed_bfloat16 runs them "
                   "on a bfloat16 copy (faster on CPUs with AVX512-BF16; needs training run "
@@ -154,7 +160,8 @@ def run_from_flags():
 
 def _fda_options():
   return dict(fda_layers=FLAGS.fda_layers, fda_steps=FLAGS.fda_steps,
-              fda_step_fraction=FLAGS.fda_step_size)
+              fda_step_fraction=FLAGS.fda_step_size, fda_random_start=FLAGS.fda_random_start,
+              ifgsm_target=FLAGS.ifgsm_target)
 
 
 def main(argv):

@@ -37,12 +37,14 @@ from tfsr_defense import clever as clever_lib
 from tfsr_defense import data, metrics, reports
 from tfsr_defense.serving import SRModel
 
-__all__ = ["DEFAULT_EPS", "FDA_LAYERS", "check_request", "evaluate"]
+__all__ = ["DEFAULT_EPS", "FDA_LAYERS", "IFGSM_TARGETS", "check_request", "evaluate"]
 
 # The paper's attack strengths, [0, 1] units.
 DEFAULT_EPS = tuple(k / 255.0 for k in (1, 2, 4, 8, 16, 32))
 # FDA's feature-map choices by name (others: comma-separated layer names).
 FDA_LAYERS = ("relu", "features")
+# What I-FGSM pushes S(x~) away from.
+IFGSM_TARGETS = ("clean_sr", "hr")
 
 
 def _eps_255(eps):
@@ -91,12 +93,14 @@ def _fda_features(fda_layers):
 
 def check_request(models_list, datasets, attacks, eps, steps, precision="float32",
                   fda_layers="relu", fda_steps=attacks_lib.fda.DEFAULT_STEPS,
-                  fda_step_fraction=attacks_lib.fda.STEP_FRACTION):
+                  fda_step_fraction=attacks_lib.fda.STEP_FRACTION, fda_random_start=1.0,
+                  ifgsm_target="clean_sr"):
   """Validate an evaluation request before any computation.
 
   Raises:
     ValueError: unknown attack (lists the known ones), eps outside [0, 1],
-      steps or fda_steps < 1, fda_step_fraction <= 0, FDA on a SavedModel
+      steps or fda_steps < 1, fda_step_fraction <= 0, fda_random_start
+      outside [0, 1], FDA on a SavedModel
       without the signature its layers need ('activations' for 'relu',
       'features' otherwise), layer names for a SavedModel, bf16 on a
       SavedModel, an empty dataset, or LR/HR sizes that do not match a
@@ -112,6 +116,11 @@ def check_request(models_list, datasets, attacks, eps, steps, precision="float32
       raise ValueError(f"{label} must be an integer >= 1, got {value!r}.")
   if not float(fda_step_fraction) > 0:
     raise ValueError(f"fda_step_fraction (step size / eps) must be > 0, got {fda_step_fraction}.")
+  if ifgsm_target not in IFGSM_TARGETS:
+    raise ValueError(f"ifgsm_target must be one of {IFGSM_TARGETS}, got {ifgsm_target!r}.")
+  if not 0.0 <= float(fda_random_start) <= 1.0:
+    raise ValueError(f"fda_random_start (a fraction of eps) must be in [0, 1], got "
+                     f"{fda_random_start}.")
   features = _fda_features(fda_layers)
   for m in models_list:
     if "fda" in attacks and m.keras_model is None:
@@ -158,7 +167,8 @@ def _check_identity(rows, models_list, report_dir):
 
 def evaluate(models, datasets, report_dir, *, attacks=("fda", "ifgsm"), eps=DEFAULT_EPS,
              steps=50, fda_layers="relu", fda_steps=attacks_lib.fda.DEFAULT_STEPS,
-             fda_step_fraction=attacks_lib.fda.STEP_FRACTION, clever=False,
+             fda_step_fraction=attacks_lib.fda.STEP_FRACTION, fda_random_start=1.0,
+             ifgsm_target="clean_sr", clever=False,
              clever_samples=clever_lib.DEFAULT_SAMPLES, clever_alpha=clever_lib.DEFAULT_ALPHA,
              clever_batch=clever_lib.DEFAULT_BATCH, clever_weibull=False,
              seed=0, precision="float32", num_examples=1, progress=False, plots=True):
@@ -175,8 +185,12 @@ def evaluate(models, datasets, report_dir, *, attacks=("fda", "ifgsm"), eps=DEFA
       map: the official FDA), 'features' (the regularized map only: eq. 13 as
       the paper writes it), or comma-separated layer names (Keras models).
     fda_steps: FDA iterations (official: 10); fda_step_fraction: its step
-      size as a fraction of eps (official: 1/8); FDA starts uniformly in the
-      whole ball.
+      size as a fraction of eps (official: 1/8); fda_random_start: the radius
+      of its uniform random start as a fraction of eps (official: 1, the
+      whole ball; 0 starts at x).
+    ifgsm_target: 'clean_sr' (the paper: push S(x~) away from S(x), from a
+      random start of one step) or 'hr' (away from the HR image: the
+      HR-target variant of tf-sr-attack; reported as 'ifgsm (hr)').
     clever: also compute CLEVER (clever_samples N_s, clever_alpha alpha_c,
       gradients in batches of clever_batch; clever_weibull adds the
       reverse-Weibull estimate).
@@ -200,7 +214,7 @@ def evaluate(models, datasets, report_dir, *, attacks=("fda", "ifgsm"), eps=DEFA
   models_list = _as_models(models)
   attacks, eps = list(attacks), [float(e) for e in eps]
   check_request(models_list, datasets, attacks, eps, steps, precision, fda_layers, fda_steps,
-                fda_step_fraction)
+                fda_step_fraction, fda_random_start, ifgsm_target)
   rows = reports.read_rows(report_dir)
   _check_identity(rows, models_list, report_dir)
   os.makedirs(report_dir, exist_ok=True)
@@ -210,6 +224,7 @@ def evaluate(models, datasets, report_dir, *, attacks=("fda", "ifgsm"), eps=DEFA
                   clever_alpha_255=round(clever_alpha * 255, 6) if clever else None)
   options = dict(attacks=attacks, eps=eps, steps=int(steps), fda_features=_fda_features(fda_layers),
                  fda_steps=int(fda_steps), fda_step_fraction=float(fda_step_fraction),
+                 fda_random_start=float(fda_random_start), ifgsm_target=ifgsm_target,
                  clever=clever, clever_samples=int(clever_samples),
                  clever_alpha=float(clever_alpha), clever_batch=int(clever_batch),
                  clever_weibull=clever_weibull, precision=precision)
@@ -249,8 +264,8 @@ class _LazyEngine:
     return self._engine
 
 
-def _attack_cell(m, attack, e, *, steps, fda_features, fda_steps, fda_step_fraction, seed,
-                 precision):
+def _attack_cell(m, attack, e, *, steps, fda_features, fda_steps, fda_step_fraction,
+                 fda_random_start, ifgsm_target, hr, seed, precision):
   """(kwargs for the attack, row fields, cell key) of one attack cell."""
   spec = attacks_lib.get_spec(attack)
   kwargs = dict(eps=e, seed=seed)
@@ -258,19 +273,25 @@ def _attack_cell(m, attack, e, *, steps, fda_features, fda_steps, fda_step_fract
   if attack == "fda":
     layers = fda_features if isinstance(fda_features, str) else ",".join(fda_features)
     kwargs.update(steps=fda_steps, step_size=fda_step_fraction * e, features=fda_features,
-                  random_start=1.0)
-    fields.update(steps=fda_steps, attack_layers=layers,
-                  step_size_255=_eps_255(fda_step_fraction * e), random_start=1.0)
+                  random_start=fda_random_start)
+    fields.update(steps=fda_steps, attack_variant=layers,
+                  step_size_255=_eps_255(fda_step_fraction * e), random_start=fda_random_start)
   else:
     kwargs["steps"] = 1 if spec.single_step else steps
     fields.update(steps=kwargs["steps"])
-  key = (m.name, m.fingerprint, "attack", attack, fields.get("attack_layers"), fields["eps_255"],
+    if attack == "ifgsm" and ifgsm_target == "hr":
+      kwargs["target"] = hr
+      fields["attack_variant"] = "hr"
+  key = (m.name, m.fingerprint, "attack", attack, fields.get("attack_variant"), fields["eps_255"],
          fields["steps"], fields.get("step_size_255"), seed, precision)
+  if attack == "fda" and fda_random_start != 1.0:  # (the default keeps the keys it had)
+    key += (f"start{fda_random_start:g}",)
   return kwargs, fields, key
 
 
 def _evaluate_image(m, engine, ds_name, pair, report_dir, done, *, attacks, eps, steps,
-                    fda_features, fda_steps, fda_step_fraction, clever, clever_samples,
+                    fda_features, fda_steps, fda_step_fraction, fda_random_start, ifgsm_target,
+                    clever, clever_samples,
                     clever_alpha, clever_batch, clever_weibull, seed, precision, save_examples,
                     bar, progress=False):
   """All cells of one image; returns (computed, skipped)."""
@@ -299,7 +320,8 @@ def _evaluate_image(m, engine, ds_name, pair, report_dir, done, *, attacks, eps,
     else:
       kwargs, fields, key = _attack_cell(
           m, attack, e, steps=steps, fda_features=fda_features, fda_steps=fda_steps,
-          fda_step_fraction=fda_step_fraction, seed=seed, precision=precision)
+          fda_step_fraction=fda_step_fraction, fda_random_start=fda_random_start,
+          ifgsm_target=ifgsm_target, hr=hr, seed=seed, precision=precision)
     cell = "|".join(map(str, (ds_name, pair.name) + key))
     example = None
     if kind == "attack" and save_examples:

@@ -42,10 +42,10 @@ HIST_BINS = 64
 
 METRIC_FIELDS = ("psnr_y", "ssim_y", "lr_psnr", "sr_psnr", "sr_ssim", "adv_psnr_y", "clever",
                  "clever_weibull", "seconds")
-ROW_FIELDS = ("model", "dataset", "image", "kind", "attack", "attack_layers", "eps", "eps_255",
+ROW_FIELDS = ("model", "dataset", "image", "kind", "attack", "attack_variant", "eps", "eps_255",
               "steps", "step_size_255", "random_start", "seed", "precision", "num_samples",
               "scale") + METRIC_FIELDS + ("model_id", "cell")
-SUMMARY_FIELDS = ("model", "dataset", "kind", "attack", "attack_layers", "eps", "eps_255", "steps",
+SUMMARY_FIELDS = ("model", "dataset", "kind", "attack", "attack_variant", "eps", "eps_255", "steps",
                   "scale", "images") + METRIC_FIELDS
 
 CONVENTIONS = (
@@ -115,8 +115,8 @@ def csv_text(rows, fields):
 
 
 def attack_label(row):
-  """'ifgsm', or for FDA its feature maps too: 'fda (relu)', 'fda (features)'."""
-  layers = row.get("attack_layers")
+  """The attack and its variant: 'ifgsm', 'ifgsm (hr)' (HR target), 'fda (relu)', ..."""
+  layers = row.get("attack_variant")
   return f"{row['attack']} ({layers})" if layers else row["attack"]
 
 
@@ -130,7 +130,7 @@ def summarize(rows):
   groups = {}
   for r in rows:
     key = (r["model"], r["dataset"], r["kind"], r.get("attack") or "",
-           r.get("attack_layers") or "", r.get("eps_255") or 0.0, r.get("steps") or 0)
+           r.get("attack_variant") or "", r.get("eps_255") or 0.0, r.get("steps") or 0)
     groups.setdefault(key, []).append(r)
   kind_order = {"clean": 0, "clever": 1, "attack": 2}
   out = []
@@ -138,7 +138,7 @@ def summarize(rows):
     members = groups[key]
     first = members[0]
     s = dict(model=key[0], dataset=key[1], kind=key[2], attack=key[3] or None,
-             attack_layers=key[4] or None, eps=first.get("eps"), eps_255=first.get("eps_255"),
+             attack_variant=key[4] or None, eps=first.get("eps"), eps_255=first.get("eps_255"),
              steps=first.get("steps"), scale=first.get("scale"), images=len(members))
     for field in METRIC_FIELDS:
       values = [m[field] for m in members if isinstance(m.get(field), (int, float))
@@ -204,12 +204,14 @@ def _settings_from_rows(rows, settings):
   """
   out = dict(settings or {})
   found = {"steps": set(), "precision": set(), "clever_samples": set(), "clever_alpha_255": set(),
-           "fda_layers": set(), "fda_steps": set(), "fda_step_size_255": set()}
+           "fda_layers": set(), "fda_steps": set(), "fda_step_size_255": set(),
+           "fda_random_start": set()}
   for r in rows:
     if r.get("kind") == "attack" and r.get("attack") == "fda":
-      found["fda_layers"].add(r.get("attack_layers"))
+      found["fda_layers"].add(r.get("attack_variant"))
       found["fda_steps"].add(r.get("steps"))
       found["fda_step_size_255"].add(r.get("step_size_255"))
+      found["fda_random_start"].add(r.get("random_start"))
       found["precision"].add(r.get("precision"))
     elif r.get("kind") == "attack":
       found["steps"].add(r.get("steps"))
