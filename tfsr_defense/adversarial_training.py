@@ -18,8 +18,8 @@ Objectives J:
   in the network's native range (``losses.reconstruction_loss``), the usual
   adversarial-training objective (Madry et al. 2018). It has a gradient at
   x~ = x, so the paper's T = 1 step from the clean image moves it.
-* ``'sr_distance'``: the paper's attack objective ||S(x~) - S(x)||_2 (DESIGN
-  §2). Its gradient is exactly zero at x~ = x, so it needs (and gets) the
+* ``'sr_distance'``: the paper's attack objective ||S(x~) - S(x)||_2 (eq.
+  14). Its gradient is exactly zero at x~ = x, so it needs (and gets) the
   random start; the step uses the sign of the gradient of the squared
   distance, which per example is that of the distance.
 

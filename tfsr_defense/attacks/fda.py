@@ -16,7 +16,7 @@ a uniform random start in the whole ball, T = 10 steps of eps / 8. The paper
 does not name the layer for SR; eq. 13 on the single map before the
 upsampler is ``features='features'``. (Measured on the committed 4000-step
 EDSR pair: the single map hides the defense's effect, the official setting
-shows it; ../shared/DESIGN.md sec. 2.)
+shows it; README, Results.)
 """
 
 import tensorflow as tf

@@ -21,8 +21,20 @@ returns the outputs and L_e; the Keras ``call`` wraps it (``add_loss`` for
 ``fit`` and ``model.losses``) and keeps the L_e of its latest training call for
 custom loops (``last_bits``, ``entropy_bits(model)``), so a loop never has to
 recover L_e from the sum of the model's losses.
+
+Evaluation: the density's parameters are tfc's variables
+(``NoisyDeepFactorized``, so checkpoints and trained weights load as ever), but
+-log2 p_d is evaluated by this module's own fused form of eqs. 3-11 rather
+than by ``log_prob``: channels first, c(x + 1/2) and c(x - 1/2) in one pass,
+log p = log sigmoid(u) + log sigmoid(-l) + log(-expm1(l - u)) for the logits
+u > l of the two cumulatives (the same stable quantity as tfc's sign-flipped
+log(exp(big) - exp(small))), an analytic backward pass, and both passes
+compiled by XLA. It equals tfc's ``-log_prob / ln 2`` to ~1e-5 bits with the
+same gradients, at about a third of the forward + backward time on a CPU
+(``benchmarks/entropy_density.py``).
 """
 
+import atexit
 import math
 
 import tensorflow as tf
@@ -31,6 +43,138 @@ import tensorflow_compression as tfc
 __all__ = ["EntropyRegularizer", "check_settings", "entropy_bits", "regularizers"]
 
 _LN2 = 0.6931471805599453
+
+
+def _density_logits(x, matrices, biases, factors):
+  """Logits of the cumulatives c_d (eqs. 3-10), channels first, hidden units unrolled.
+
+  Args:
+    x: float32 (..., D, M) values in units of delta.
+    matrices, biases, factors: tfc ``DeepFactorized``'s raw parameters,
+      (D, out, in), (D, out, 1), (D, out, 1) per layer; M = softplus(matrix),
+      a = tanh(factor) (eqs. 5, 9).
+
+  Returns:
+    (logits, inputs, tanhs): logits (..., D, M); inputs[i] the list of layer
+    i's input units, tanhs[i] the list of tanh(M x + b) of hidden layer i
+    (kept for the backward pass).
+  """
+  layers = len(matrices)
+  units, inputs, tanhs = [x], [], []
+  for i in range(layers):
+    weight = tf.nn.softplus(matrices[i])
+    outputs, layer_tanhs = [], []
+    for j in range(weight.shape[1]):
+      z = biases[i][:, j, :]
+      for k in range(weight.shape[2]):
+        z = z + weight[:, j, k, None] * units[k]
+      if i < layers - 1:
+        t = tf.math.tanh(z)  # g(z) = z + a tanh(z), eq. 8
+        layer_tanhs.append(t)
+        z = z + tf.math.tanh(factors[i][:, j, :]) * t
+      outputs.append(z)
+    inputs.append(units)
+    tanhs.append(layer_tanhs)
+    units = outputs
+  return units[0], inputs, tanhs
+
+
+def _split_params(params):
+  layers = (len(params) + 1) // 3
+  return (list(params[:layers]), list(params[layers:2 * layers]),
+          list(params[2 * layers:]))
+
+
+def _log_bin_prob(upper, lower):
+  """log(sigmoid(upper) - sigmoid(lower)) for upper >= lower, stable on both tails."""
+  return (tf.math.log_sigmoid(upper) + tf.math.log_sigmoid(-lower)
+          + tf.math.log(-tf.math.expm1(lower - upper)))
+
+
+def _bits_forward(x, *params):
+  """-log2 p(x) of eq. 11 (unit bin), x float32 (D, M) in units of delta."""
+  matrices, biases, factors = _split_params(params)
+  logits, _, _ = _density_logits(tf.stack([x + 0.5, x - 0.5]), matrices, biases, factors)
+  return -_log_bin_prob(logits[0], logits[1]) / _LN2
+
+
+def _bits_backward(x, upstream, *params):
+  """Gradients of sum(upstream * _bits_forward(x)) w.r.t. x and the raw parameters."""
+  matrices, biases, factors = _split_params(params)
+  logits, inputs, tanhs = _density_logits(
+      tf.stack([x + 0.5, x - 0.5]), matrices, biases, factors)
+  upper, lower = logits[0], logits[1]
+  # d/du, d/dl of -log2(sigmoid(u) - sigmoid(l)).
+  inv = 1.0 / tf.math.expm1(upper - lower)
+  scale = upstream / _LN2
+  grads = [tf.stack([-scale * (tf.math.sigmoid(-upper) + inv),
+                     scale * (tf.math.sigmoid(lower) + inv)])]
+  axes = [0, 2]  # the (x + 1/2, x - 1/2) stack and the positions
+  layers = len(matrices)
+  d_matrices, d_biases, d_factors = [None] * layers, [None] * layers, [None] * (layers - 1)
+  for i in reversed(range(layers)):
+    weight = tf.nn.softplus(matrices[i])
+    if i < layers - 1:
+      a = tf.math.tanh(factors[i][:, :, 0])
+      d_a, pre = [], []
+      for j, t in enumerate(tanhs[i]):
+        d_a.append(tf.reduce_sum(grads[j] * t, axes))
+        pre.append(grads[j] * (1.0 + a[:, j, None] * (1.0 - t * t)))
+      d_factors[i] = (tf.stack(d_a, 1) * (1.0 - a * a))[:, :, None]
+      grads = pre
+    d_biases[i] = tf.stack([tf.reduce_sum(g, axes) for g in grads], 1)[:, :, None]
+    d_weight = tf.stack([
+        tf.stack([tf.reduce_sum(g * unit, axes) for unit in inputs[i]], 1) for g in grads], 1)
+    d_matrices[i] = d_weight * tf.math.sigmoid(matrices[i])
+    grads = [tf.add_n([weight[:, j, k, None] * g for j, g in enumerate(grads)])
+             for k in range(weight.shape[2])]
+  return [grads[0][0] + grads[0][1]] + d_matrices + d_biases + d_factors
+
+
+# Below this many elements the fused passes run as plain TF ops: an XLA
+# compilation (~3 s per new shape) would cost more than it saves.
+_XLA_MIN_ELEMENTS = 1 << 18
+
+
+def _make_fused_bits(jit_compile):
+  """-log2 p (eq. 11, unit bin) on channels-first values with the analytic gradient.
+
+  Returns fused(x, *params): x float32 (D, M) in units of delta; params tfc
+  DeepFactorized's matrices, biases, factors (tensors); result float32 (D, M)
+  bits. Forward and backward are separate functions (the backward recomputes
+  the forward), XLA-compiled when ``jit_compile`` and x has at least
+  ``_XLA_MIN_ELEMENTS`` elements.
+  """
+  plain = (_bits_forward, _bits_backward)
+  compiled = (tf.function(_bits_forward, jit_compile=True, autograph=False),
+              tf.function(_bits_backward, jit_compile=True, autograph=False)) if jit_compile else plain
+
+  def run(which, x, *args):
+    size = x.shape.num_elements()
+    if size is not None or compiled is plain:
+      fns = compiled if size is None or size >= _XLA_MIN_ELEMENTS else plain
+      return fns[which](x, *args)
+    return tf.cond(tf.size(x) >= _XLA_MIN_ELEMENTS, lambda: compiled[which](x, *args),
+                   lambda: plain[which](x, *args))
+
+  @tf.custom_gradient
+  def fused(x, *params):
+    def grad(upstream):
+      return run(1, x, upstream, *params)
+    return run(0, x, *params), grad
+
+  return fused
+
+
+_fused_bits = _make_fused_bits(jit_compile=True)
+
+
+@atexit.register
+def _release_fused_bits():
+  # Drop the traced functions while TensorFlow is still importable: freed at
+  # interpreter teardown they print "Exception ignored in AtomicFunction.__del__".
+  global _fused_bits
+  _fused_bits = None
 
 
 def check_settings(weight, delta):
@@ -159,8 +303,18 @@ class EntropyRegularizer(tf.keras.layers.Layer):
       Phi + delta/2].
     """
     x = tf.cast(features, tf.float32) / self.delta
-    # NoisyDeepFactorized(x) = c(x + 1/2) - c(x - 1/2): eq. 11 in units of delta.
-    return -self.density.log_prob(x) / _LN2
+    # NoisyDeepFactorized(x) = c(x + 1/2) - c(x - 1/2): eq. 11 in units of delta,
+    # evaluated channels first by the fused form (values of tfc's log_prob).
+    shape, channels = tf.shape(x), x.shape[-1]
+    x = tf.transpose(tf.reshape(x, [-1, channels]))
+    bits = _fused_bits(x, *self._density_parameters())
+    return tf.reshape(tf.transpose(bits), shape)
+
+  def _density_parameters(self):
+    """tfc DeepFactorized's raw matrices, biases and factors, float32 tensors, in that order."""
+    base = self.density.base
+    return [tf.convert_to_tensor(v, tf.float32)
+            for v in list(base._matrices) + list(base._biases) + list(base._factors)]
 
   def entropy_loss(self, features):
     """L_e of eq. 1: mean bits per element over N, H, W, D (float32 scalar)."""
