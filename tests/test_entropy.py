@@ -266,3 +266,143 @@ def test_noise_is_added_in_float32_under_bfloat16():
   expected = float(layer.entropy_loss(layer.add_noise(phi)))
   assert out.dtype == tf.bfloat16
   np.testing.assert_allclose(float(layer.last_bits), expected, rtol=1e-6)
+
+
+def _tfc_bits(layer, x):
+  """Reference: tfc's NoisyDeepFactorized -log_prob / ln 2 on x / delta (float32)."""
+  return -layer.density.log_prob(tf.cast(x, tf.float32) / layer.delta) / np.log(2.0)
+
+
+def _perturbed_layer(seed, **kwargs):
+  layer = _layer(channels=kwargs.pop("channels", 8), noise=False, **kwargs)
+  for i, v in enumerate(layer.density.trainable_variables):
+    v.assign(v + tf.random.stateless_normal(v.shape, [seed, i]) * 0.5)
+  return layer
+
+
+def _realistic_features(seed, shape=(2, 6, 7, 8)):
+  """Plain-net-like features: wide (|Phi| up to ~150), near zero, and exact bin edges."""
+  rng = np.random.default_rng(seed)
+  wide = rng.uniform(-150.0, 150.0, size=shape)
+  small = rng.normal(0.0, 0.3, size=shape)
+  x = np.where(rng.random(shape) < 0.5, wide, small)
+  x.flat[:4] = [0.0, 0.5, -0.5, 150.0]
+  return x.astype(np.float32)
+
+
+@pytest.mark.parametrize("delta, num_filters", [(1.0, (3, 3, 3)), (0.1, (3, 3, 3)),
+                                                (4.0, (3, 3, 3)), (1.0, (2, 5))])
+def test_fused_density_equals_tfc_values(delta, num_filters):
+  """bits() (the fused eqs. 3-11) equals tfc's -log_prob / ln 2 within 1e-4 bits.
+
+  Features reach +-150 / delta bins, where float32 logits carry ~1e-5 relative
+  rounding in either implementation: the tolerance is 1e-4 bits + 1e-5
+  relative, and against float64 eqs. 3-11 the fused form is as accurate as
+  tfc (to 5e-5 bits).
+  """
+  layer = _perturbed_layer(5, delta=delta, num_filters=num_filters)
+  for seed in range(3):
+    x = _realistic_features(seed) * np.float32(delta)
+    expected = _tfc_bits(layer, x).numpy()
+    got = layer.bits(x).numpy()
+    assert got.shape == x.shape and got.dtype == np.float32
+    assert np.all(np.isfinite(expected)) and expected.max() > 5.0  # the tails are exercised
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(float(layer.entropy_loss(x)), expected.mean(), rtol=0, atol=1e-5)
+    units = x.astype(np.float64) / delta
+    p = _hand_cdf(layer, units + 0.5) - _hand_cdf(layer, units - 0.5)
+    ok = p > 1e-9  # float64's cdf difference itself is exact enough there
+    truth = -np.log2(p[ok])
+    assert ok.mean() > 0.5
+    assert np.abs(got[ok] - truth).max() <= np.abs(expected[ok] - truth).max() + 5e-5
+
+
+def _grads(layer, x, fn):
+  x = tf.constant(x)
+  with tf.GradientTape() as tape:
+    tape.watch(x)
+    loss = fn(x)
+  return tape.gradient(loss, [x] + list(layer.density.trainable_variables))
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_fused_density_gradients_equal_tfc(graph):
+  """Gradients of L_e and of a weighted sum of bits w.r.t. Phi and every density variable."""
+  layer = _perturbed_layer(6, delta=0.5)
+  x = _realistic_features(7) * np.float32(0.5)
+  weights = tf.random.stateless_uniform(x.shape, [1, 1], 0.0, 2.0)
+  cases = [(lambda v: layer.entropy_loss(v), lambda v: tf.reduce_mean(_tfc_bits(layer, v))),
+           (lambda v: tf.reduce_sum(weights * layer.bits(v)),
+            lambda v: tf.reduce_sum(weights * _tfc_bits(layer, v)))]
+  for fused, reference in cases:
+    if graph:
+      fused, reference = tf.function(fused), tf.function(reference)
+    got, expected = _grads(layer, x, fused), _grads(layer, x, reference)
+    assert len(got) == 12
+    names = ["phi"] + [v.name for v in layer.density.trainable_variables]
+    for g, e, name in zip(got, expected, names):
+      assert g is not None and g.shape == e.shape, name
+      assert float(tf.reduce_max(tf.abs(e))) > 0, name
+      np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-3,
+                                 atol=1e-4 * float(tf.reduce_max(tf.abs(e))), err_msg=name)
+
+
+def test_fused_density_under_mixed_bfloat16():
+  """bf16 features: L_e and its gradients are tfc's on the float32-cast features."""
+  tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
+  try:
+    layer = _perturbed_layer(8, delta=1.0, weight=1.0)
+    assert layer.compute_dtype == "bfloat16"
+    phi = tf.cast(_realistic_features(9), tf.bfloat16)
+    with tf.GradientTape() as tape:
+      tape.watch(phi)
+      out = layer(phi, training=True)
+      loss = layer.losses[0]
+    got = tape.gradient(loss, [phi] + layer.trainable_weights)
+  finally:
+    tf.keras.mixed_precision.set_global_policy("float32")
+  assert out.dtype == tf.bfloat16 and loss.dtype == tf.float32
+  phi32 = tf.cast(phi, tf.float32)
+  with tf.GradientTape() as tape:
+    tape.watch(phi32)
+    expected_loss = tf.reduce_mean(_tfc_bits(layer, phi32))
+  expected = tape.gradient(expected_loss, [phi32] + layer.trainable_weights)
+  np.testing.assert_allclose(float(loss), float(expected_loss), rtol=0, atol=1e-4)
+  assert got[0].dtype == tf.bfloat16  # the cast's gradient, back in the features' dtype
+  np.testing.assert_allclose(tf.cast(got[0], tf.float32).numpy(), expected[0].numpy(),
+                             rtol=1e-2, atol=1e-3 * float(tf.reduce_max(tf.abs(expected[0]))))
+  for g, e in zip(got[1:], expected[1:]):
+    np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-3,
+                               atol=1e-4 * float(tf.reduce_max(tf.abs(e))))
+
+
+def test_density_variables_are_tfcs():
+  """The layer's weights are tfc NoisyDeepFactorized's own: names, shapes and order."""
+  layer = _layer(channels=5)
+  names = [v.name for v in layer.trainable_weights]
+  assert names == [v.name for v in layer.density.trainable_variables]
+  assert [v.name.split("/")[-1] for v in layer.trainable_weights] == (
+      [f"bias_{i}:0" for i in range(4)] + [f"factor_{i}:0" for i in range(3)]
+      + [f"matrix_{i}:0" for i in range(4)])
+  shapes = {v.name.split("/")[-1].split(":")[0]: tuple(v.shape) for v in layer.trainable_weights}
+  assert shapes["matrix_0"] == (5, 3, 1) and shapes["matrix_1"] == (5, 3, 3)
+  assert shapes["matrix_3"] == (5, 1, 3) and shapes["bias_3"] == (5, 1, 1)
+  assert shapes["factor_2"] == (5, 3, 1)
+
+
+def test_fused_density_xla_path_equals_tfc():
+  """Inputs of >= _XLA_MIN_ELEMENTS run the XLA-compiled passes, also with a dynamic batch."""
+  layer = _perturbed_layer(11, delta=1.0, channels=64)
+  x = _realistic_features(12, shape=(4, 32, 32, 64))
+  assert x.size >= entropy._XLA_MIN_ELEMENTS
+  expected_bits = _tfc_bits(layer, x)
+  np.testing.assert_allclose(layer.bits(x).numpy(), expected_bits.numpy(), rtol=1e-5, atol=1e-4)
+  dynamic = tf.function(layer.entropy_loss,
+                        input_signature=[tf.TensorSpec([None, 32, 32, 64], tf.float32)])
+  expected = _grads(layer, x, lambda v: tf.reduce_mean(_tfc_bits(layer, v)))
+  for fn in (layer.entropy_loss, dynamic):
+    got = _grads(layer, x, fn)
+    for g, e in zip(got, expected):
+      np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-3,
+                                 atol=1e-4 * float(tf.reduce_max(tf.abs(e))))
+  np.testing.assert_allclose(float(dynamic(x)), float(tf.reduce_mean(expected_bits)), atol=1e-5)

@@ -34,7 +34,6 @@ same gradients, at about a third of the forward + backward time on a CPU
 (``benchmarks/entropy_density.py``).
 """
 
-import atexit
 import math
 
 import tensorflow as tf
@@ -146,8 +145,10 @@ def _make_fused_bits(jit_compile):
   ``_XLA_MIN_ELEMENTS`` elements.
   """
   plain = (_bits_forward, _bits_backward)
-  compiled = (tf.function(_bits_forward, jit_compile=True, autograph=False),
-              tf.function(_bits_backward, jit_compile=True, autograph=False)) if jit_compile else plain
+  compiled = plain
+  if jit_compile:
+    compiled = (tf.function(_bits_forward, jit_compile=True, autograph=False),
+                tf.function(_bits_backward, jit_compile=True, autograph=False))
 
   def run(which, x, *args):
     size = x.shape.num_elements()
@@ -167,14 +168,6 @@ def _make_fused_bits(jit_compile):
 
 
 _fused_bits = _make_fused_bits(jit_compile=True)
-
-
-@atexit.register
-def _release_fused_bits():
-  # Drop the traced functions while TensorFlow is still importable: freed at
-  # interpreter teardown they print "Exception ignored in AtomicFunction.__del__".
-  global _fused_bits
-  _fused_bits = None
 
 
 def check_settings(weight, delta):
