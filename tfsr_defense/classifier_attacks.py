@@ -37,6 +37,10 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
+with warnings.catch_warnings():  # "PyTorch not found. Not importing DeepZ ..." (ART)
+  warnings.filterwarnings("ignore", message="PyTorch not found")
+  from art.estimators.classification import TensorFlowV2Classifier
+
 __all__ = ["ATTACKS", "EPS_ATTACKS", "AttackSettings", "known_attacks", "check_attack",
            "CompiledModel", "art_classifier", "make_attack", "run_attack"]
 
@@ -153,46 +157,31 @@ class CompiledModel:
     return self._class_gradient(tf.cast(x, tf.float32), tf.cast(idx, tf.int32))
 
 
-_ESTIMATOR_CLASS = []
+class _Estimator(TensorFlowV2Classifier):
+  """ART's ``TensorFlowV2Classifier`` over a ``CompiledModel``, first-order class gradients.
 
-
-def _estimator_class():
-  """``TensorFlowV2Classifier`` with a compiled, first-order ``class_gradient``.
-
-  ART's own records the gradient computation on a persistent tape (second
-  order: slow, and it fails on ops without a second derivative such as
-  bicubic resizing); DeepFool and C&W use it.
+  ART's own ``class_gradient`` records the gradient computation on a
+  persistent tape (second order: slow, and it fails on ops without a second
+  derivative such as bicubic resizing); DeepFool and C&W use it.
   """
-  if _ESTIMATOR_CLASS:
-    return _ESTIMATOR_CLASS[0]
-  with warnings.catch_warnings():  # "PyTorch not found. Not importing DeepZ ..." (ART)
-    warnings.filterwarnings("ignore", message="PyTorch not found")
-    # pylint: disable-next=g-import-not-at-top
-    from art.estimators.classification import TensorFlowV2Classifier
 
-  class Estimator(TensorFlowV2Classifier):
-    """TensorFlowV2Classifier over a ``CompiledModel``, first-order class gradients."""
-
-    def class_gradient(self, x, label=None, training_mode=False, **kwargs):
-      """d logit[label] / d x: (N, 1, H, W, C) for an int or per-sample labels,
-      (N, K, H, W, C) for label=None."""
-      del training_mode, kwargs
-      x = tf.convert_to_tensor(np.asarray(x, np.float32))
-      n = int(x.shape[0])
-      if label is None:
-        grads = [self._model.class_gradient(x, tf.fill([n], k)).numpy()
-                 for k in range(self.nb_classes)]
-        return np.stack(grads, axis=1)
-      if isinstance(label, (int, np.integer)):
-        idx = np.full([n], int(label), np.int32)
-      else:
-        idx = np.asarray(label, np.int32).reshape(-1)
-        if idx.shape[0] != n:
-          raise ValueError(f"{idx.shape[0]} labels for {n} images.")
-      return self._model.class_gradient(x, tf.constant(idx))[:, None].numpy()
-
-  _ESTIMATOR_CLASS.append(Estimator)
-  return Estimator
+  def class_gradient(self, x, label=None, training_mode=False, **kwargs):
+    """d logit[label] / d x: (N, 1, H, W, C) for an int or per-sample labels,
+    (N, K, H, W, C) for label=None."""
+    del training_mode, kwargs
+    x = tf.convert_to_tensor(np.asarray(x, np.float32))
+    n = int(x.shape[0])
+    if label is None:
+      grads = [self._model.class_gradient(x, tf.fill([n], k)).numpy()
+               for k in range(self.nb_classes)]
+      return np.stack(grads, axis=1)
+    if isinstance(label, (int, np.integer)):
+      idx = np.full([n], int(label), np.int32)
+    else:
+      idx = np.asarray(label, np.int32).reshape(-1)
+      if idx.shape[0] != n:
+        raise ValueError(f"{idx.shape[0]} labels for {n} images.")
+    return self._model.class_gradient(x, tf.constant(idx))[:, None].numpy()
 
 
 def art_classifier(model, input_shape, num_classes):
@@ -212,7 +201,7 @@ def art_classifier(model, input_shape, num_classes):
   input_shape = tuple(int(s) for s in input_shape)
   if not isinstance(model, CompiledModel):
     model = CompiledModel(model, input_shape)
-  return _estimator_class()(
+  return _Estimator(
       model=model, nb_classes=int(num_classes), input_shape=input_shape,
       loss_object=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
       clip_values=(0.0, 1.0))
