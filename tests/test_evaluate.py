@@ -317,3 +317,25 @@ def test_defended_models_both_threat_models_and_hr_target(tmp_path):
   with pytest.raises(ValueError, match="ifgsm_target must be one of"):
     evaluation.evaluate(nets, {"noise": pairs}, str(tmp_path), attacks=["ifgsm"],
                         ifgsm_target="lr", plots=False)
+
+
+def test_cli_keras_run_directory_bf16_and_defense(data_dir, tmp_path):
+  """--precision=mixed_bfloat16 / --defenses load the Keras network of a run directory."""
+  run = REPO / "results" / "edsr_x4_cpu_long" / "plain"  # config.json + model.weights.h5
+  report = tmp_path / "r"
+  proc = _cli(f"--models={run}", "--names=plain", f"--data_dir={data_dir}", "--datasets=set5",
+              "--max_images=1", "--attacks=ifgsm", "--eps=4", "--steps=2",
+              "--precision=mixed_bfloat16", "--defenses=none,jpeg:75",
+              "--threat_models=non-adaptive", "--plots=false", f"--report_dir={report}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = reports.read_rows(report)
+  assert {(r["model"], r["kind"]) for r in rows} == {
+      ("plain", "clean"), ("plain", "attack"), ("plain + jpeg:75 [non-adaptive]", "clean"),
+      ("plain + jpeg:75 [non-adaptive]", "attack")}
+  assert all(r["precision"] == "mixed_bfloat16" for r in rows if r["kind"] == "attack")
+  clean = {r["model"]: r["psnr_y"] for r in rows if r["kind"] == "clean"}
+  assert clean["plain + jpeg:75 [non-adaptive]"] < clean["plain"] - 1.0  # JPEG costs quality
+  # A SavedModel directory is not a run directory: one clear error.
+  proc = _cli(f"--models={tmp_path}", "--precision=mixed_bfloat16", f"--report_dir={report}2")
+  assert proc.returncode == 2
+  assert "need the Keras network of a training run directory" in proc.stderr
