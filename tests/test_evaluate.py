@@ -339,3 +339,20 @@ def test_cli_keras_run_directory_bf16_and_defense(data_dir, tmp_path):
   proc = _cli(f"--models={tmp_path}", "--precision=mixed_bfloat16", f"--report_dir={report}2")
   assert proc.returncode == 2
   assert "need the Keras network of a training run directory" in proc.stderr
+
+
+def test_summary_keeps_precisions_and_variants_apart():
+  """Rows of float32 and bfloat16 attacks (or FDA variants) are never averaged together."""
+  base = dict(model="m", dataset="d", kind="attack", attack="ifgsm", eps=4 / 255, eps_255=4.0,
+              steps=50, scale=4)
+  rows = [dict(base, image="a", precision="float32", sr_psnr=30.0),
+          dict(base, image="b", precision="float32", sr_psnr=32.0),
+          dict(base, image="a", precision="mixed_bfloat16", sr_psnr=40.0),
+          dict(base, image="a", attack="fda", attack_variant="relu", precision="float32",
+               sr_psnr=20.0),
+          dict(base, image="a", attack="fda", attack_variant="features", precision="float32",
+               sr_psnr=25.0)]
+  summary = {reports.attack_label(s): (s["sr_psnr"], s["images"])
+             for s in reports.summarize(rows)}
+  assert summary == {"ifgsm": (31.0, 2), "ifgsm [bf16]": (40.0, 1), "fda (relu)": (20.0, 1),
+                     "fda (features)": (25.0, 1)}

@@ -46,7 +46,7 @@ ROW_FIELDS = ("model", "dataset", "image", "kind", "attack", "attack_variant", "
               "steps", "step_size_255", "random_start", "seed", "precision", "num_samples",
               "scale") + METRIC_FIELDS + ("model_id", "cell")
 SUMMARY_FIELDS = ("model", "dataset", "kind", "attack", "attack_variant", "eps", "eps_255", "steps",
-                  "scale", "images") + METRIC_FIELDS
+                  "precision", "scale", "images") + METRIC_FIELDS
 
 CONVENTIONS = (
     "Clean PSNR-Y / SSIM-Y: S(x) (clipped to [0,1]) vs HR, Y channel of MATLAB rgb2ycbcr, "
@@ -116,12 +116,15 @@ def csv_text(rows, fields):
 
 def attack_label(row):
   """The attack and its variant: 'ifgsm', 'ifgsm (hr)' (HR target), 'fda (relu)', ..."""
-  layers = row.get("attack_variant")
-  return f"{row['attack']} ({layers})" if layers else row["attack"]
+  variant = row.get("attack_variant")
+  label = f"{row['attack']} ({variant})" if variant else row["attack"]
+  if row.get("precision") not in (None, "float32"):  # gradients in bfloat16
+    label += " [bf16]" if row["precision"] == "mixed_bfloat16" else f" [{row['precision']}]"
+  return label
 
 
 def summarize(rows):
-  """Means over images per (model, dataset, kind, attack, attack layers, eps, steps).
+  """Means over images per (model, dataset, kind, attack, variant, eps, steps, precision).
 
   Returns:
     list of dicts with SUMMARY_FIELDS; metrics are means of the finite values
@@ -130,7 +133,8 @@ def summarize(rows):
   groups = {}
   for r in rows:
     key = (r["model"], r["dataset"], r["kind"], r.get("attack") or "",
-           r.get("attack_variant") or "", r.get("eps_255") or 0.0, r.get("steps") or 0)
+           r.get("attack_variant") or "", r.get("eps_255") or 0.0, r.get("steps") or 0,
+           r.get("precision") or "float32")
     groups.setdefault(key, []).append(r)
   kind_order = {"clean": 0, "clever": 1, "attack": 2}
   out = []
@@ -139,7 +143,8 @@ def summarize(rows):
     first = members[0]
     s = dict(model=key[0], dataset=key[1], kind=key[2], attack=key[3] or None,
              attack_variant=key[4] or None, eps=first.get("eps"), eps_255=first.get("eps_255"),
-             steps=first.get("steps"), scale=first.get("scale"), images=len(members))
+             steps=first.get("steps"), precision=key[7], scale=first.get("scale"),
+             images=len(members))
     for field in METRIC_FIELDS:
       values = [m[field] for m in members if isinstance(m.get(field), (int, float))
                 and math.isfinite(m[field])]
