@@ -4,8 +4,9 @@
         --attacks=fda,ifgsm --eps=1,2,4 --steps=50 --clever --max_images=2 \\
         --report_dir=results/x
 
---models takes run directories (their export/1 SavedModel) or SavedModel
-directories; --eps is in units of 1/255. --defenses=jpeg:75,resize:0.9-1.1
+--models takes run directories (their export/1 SavedModel, or their Keras
+network when they have no export) or SavedModel directories; --eps is in units
+of 1/255. --defenses=jpeg:75,resize:0.9-1.1
 puts input pre-processing in front (both threat models) and
 --precision=mixed_bfloat16 computes the gradients in bfloat16: both use the
 Keras network of a training run directory. The report (rows.jsonl / rows.csv
@@ -122,7 +123,10 @@ def run_from_flags():
   keras = FLAGS.precision != "float32" or any(spec != "none" for spec in FLAGS.defenses)
   sr_models = []
   for path, name in zip(FLAGS.models, names):
-    if not keras:
+    # A run directory without an exported SavedModel is evaluated through its Keras network.
+    run_without_export = (os.path.isfile(os.path.join(path, "config.json"))
+                          and not os.path.isdir(os.path.join(path, "export")))
+    if not keras and not run_without_export:
       sr_models.append(serving.load_sr_model(path, name=name))
       continue
     if not os.path.isfile(os.path.join(path, "config.json")):
