@@ -27,7 +27,7 @@ import sys
 
 from absl import flags
 
-__all__ = ["run", "fail", "HELP_ARGS"]
+__all__ = ["run", "run_report", "fail", "HELP_ARGS"]
 
 HELP_ARGS = ("--help", "-h", "--helpfull", "-help", "--helpshort")
 
@@ -71,3 +71,20 @@ def run(main, flag_values, prog, doc="", argv=None, errors=(ValueError, FileNotF
     fail(prog, e)
   except KeyboardInterrupt:
     sys.exit(130)
+
+
+def run_report(run_from_flags, summary_name="summary.md"):
+  """The ``main`` body of a resumable report CLI (evaluate, evaluate_classifier).
+
+  Calls ``run_from_flags()`` (-> dict(computed, skipped, report_dir)), prints
+  the cell counts and the report's path; on Ctrl-C says that finished cells
+  are kept, then re-raises (``run`` exits with status 130).
+  """
+  try:
+    result = run_from_flags()
+  except KeyboardInterrupt:
+    print("Interrupted: finished cells are saved; re-run the same command to resume.",
+          file=sys.stderr)
+    raise
+  print(f"{result['computed']} cells computed, {result['skipped']} already done. "
+        f"Report: {result['report_dir']}/{summary_name}")

@@ -18,7 +18,6 @@ error line and exits with status 2.
 """
 
 import os
-import sys
 
 from absl import flags
 
@@ -170,14 +169,7 @@ def _fda_options():
 
 def main(argv):
   del argv  # cli.run refuses positional arguments
-  try:
-    result = run_from_flags()
-  except KeyboardInterrupt:
-    print("Interrupted: finished cells are saved; re-run the same command to resume.",
-          file=sys.stderr)
-    raise
-  print(f"{result['computed']} cells computed, {result['skipped']} already done. "
-        f"Report: {result['report_dir']}/{reports.MARKDOWN_FILE}")
+  cli.run_report(run_from_flags, reports.MARKDOWN_FILE)
 
 
 def run(argv=None):

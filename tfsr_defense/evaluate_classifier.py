@@ -32,7 +32,6 @@ error line and exits with status 2.
 """
 
 import os
-import sys
 
 from absl import flags
 
@@ -206,14 +205,7 @@ def run_from_flags():
 
 def main(argv):
   del argv  # cli.run refuses positional arguments
-  try:
-    result = run_from_flags()
-  except KeyboardInterrupt:
-    print("Interrupted: finished cells are saved; re-run the same command to resume.",
-          file=sys.stderr)
-    raise
-  print(f"{result['computed']} cells computed, {result['skipped']} already done. "
-        f"Report: {result['report_dir']}/summary.md")
+  cli.run_report(run_from_flags)
 
 
 def run(argv=None):

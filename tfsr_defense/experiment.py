@@ -263,8 +263,7 @@ def _latest_step(run_dir):
 def _variant_models(config, variant):
   """{report name: SRModel} of a trained variant: the float32 network, or (pre-processing
   variants) the network behind its defense under both threat models."""
-  model = trainer.build_for_inference(config)
-  model.load_weights(os.path.join(config.run_dir, "model.weights.h5"))
+  _, model, _, _ = trainer.load_run_model(config.run_dir)
   return defenses.defended_sr_models(model, variant.defense, name=variant.name,
                                      scale=config.scale)
 
