@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tfsr_defense import classifier_attacks, classifier_evaluation, classifiers, models
+from tfsr_defense import classifier_attacks, classifier_evaluation, classifiers, models, trainer
 from tfsr_defense import evaluate_classifier
 from tfsr_defense.defenses import purifier
 
@@ -393,3 +393,18 @@ def test_cli_bad_input_one_line_errors(tmp_path, data_dir, capsys):
   assert err[0] == proc.stderr.strip().splitlines()[-1]
   assert err[0].startswith("tfsr_defense.evaluate_classifier: error: Classifier")
   assert "takes 224x224 inputs" in err[0] and "--input_size=224" in err[0]
+
+
+def test_cli_sr_model_from_a_run_directory_without_export():
+  # The committed EDSR x2 weights (config.json + model.weights.h5, no SavedModel): the CLI's
+  # --sr_models loads the run's Keras network, the same weights trainer.load_run_model gives.
+  run = os.path.join(REPO, "results", "edsr_x2_cpu", "plain")
+  sr = evaluate_classifier._load_sr("mustafa", run)
+  _, net, _, _ = trainer.load_run_model(run)
+  x = tf.constant(_photo(16, 20)[None], tf.float32)
+  assert sr.name == "mustafa" and sr.scale == 2
+  np.testing.assert_array_equal(sr(x).numpy(), net(x, training=False).numpy())
+  assert (classifier_evaluation._sr_identity(sr)
+          == classifier_evaluation._sr_identity(evaluate_classifier._load_sr("mustafa", run)))
+  with pytest.raises(FileNotFoundError, match="No SavedModel at"):
+    evaluate_classifier._load_sr("mustafa", os.path.join(REPO, "results"))

@@ -3,7 +3,7 @@
     python -m tfsr_defense.evaluate_classifier \\
         --classifier=../shared/data/classifiers/efficientnet_lite0_imagenet.h5 \\
         --input_size=224 --value_range=0-255 --data=nips2017dev --max_images=500 \\
-        --sr_models=mustafa=runs/edsr_x2_cpu_plain,mustafa_er=runs/edsr_x2_cpu \\
+        --sr_models=mustafa=results/edsr_x2_cpu/plain,mustafa_er=results/edsr_x2_cpu/entropy \\
         --defenses=none,mustafa,mustafa_er --attacks=fgsm,ifgsm,mifgsm,deepfool,cw \\
         --eps=1,2,4,8,16 --threat_models=graybox,adaptive \\
         --report_dir=results/classifier_defense
@@ -11,8 +11,9 @@
 --classifier takes a Keras model file / SavedModel directory (with
 --input_size and --value_range) or a keras.applications name (inception_v3,
 ..., ImageNet weights: needs the internet). --sr_models names SR networks
-(run directories, SavedModel directories, or 'bicubic' for a bicubic x2
-stand-in); --defenses takes none, jpeg (JPEG only), wavelet (denoising + JPEG)
+(run directories: their exported SavedModel, else their Keras network and
+final weights, as the committed results/edsr_x2_cpu/{plain,entropy};
+SavedModel directories; or 'bicubic' for a bicubic x2 stand-in); --defenses takes none, jpeg (JPEG only), wavelet (denoising + JPEG)
 and those names (the full purifier: wavelet denoising, JPEG, SR x2, resize
 back). --eps is in units of 1/255. Images are resized to the classifier's
 input size first; attacks and purification work there.
@@ -62,8 +63,10 @@ flags.DEFINE_integer("adaptive_max_images", None, "Attack adaptively only the fi
 flags.DEFINE_list("adaptive_attacks", None, "Attacks run adaptively (default: all of --attacks; "
                   "DeepFool and C&W through an SR network cost ~10-100 gradients each).",
                   flag_values=FLAGS)
-flags.DEFINE_list("sr_models", [], "SR networks as name=path (run directory, SavedModel "
-                  "directory, or 'bicubic' for a bicubic x2 stand-in).", flag_values=FLAGS)
+flags.DEFINE_list("sr_models", [], "SR networks as name=path (run directory: its exported "
+                  "SavedModel, else its Keras network and weights, e.g. results/edsr_x2_cpu/plain; "
+                  "SavedModel directory; or 'bicubic' for a bicubic x2 stand-in).",
+                  flag_values=FLAGS)
 flags.DEFINE_list("defenses", None, "Defenses: none, jpeg, wavelet, and the --sr_models names "
                   "(default: none and every SR model).", flag_values=FLAGS)
 flags.DEFINE_list("attacks", list(classifier_attacks.ATTACKS),
@@ -142,12 +145,14 @@ def _parse_sr_models(items):
 def _load_sr(name, path):
   if path.lower() == "bicubic":
     return purifier.BicubicUpsampler(2, name=name)
-  from tfsr_defense import serving  # pylint: disable=g-import-not-at-top
-  loader = getattr(serving, "load_sr_model", None)
-  if loader is None:  # older tree: the loader lived in evaluation
-    from tfsr_defense import evaluation  # pylint: disable=g-import-not-at-top
-    loader = evaluation.load_sr_model
-  return loader(path, name=name)
+  from tfsr_defense import serving, trainer  # pylint: disable=g-import-not-at-top
+  if (os.path.isfile(os.path.join(path, "config.json"))
+      and not os.path.isdir(os.path.join(path, "export"))):
+    # A run directory without an exported SavedModel (e.g. results/edsr_x2_cpu/plain):
+    # its Keras network.
+    _, net, _, _ = trainer.load_run_model(path)
+    return serving.SRModel.from_keras(net, name=name)
+  return serving.load_sr_model(path, name=name)
 
 
 def run_from_flags():
