@@ -16,16 +16,15 @@ command and the machine; compare as ratios within one run
 (shared machines vary by up to 40 %).
 """
 
-import os
-import platform
-import sys
 import time
 
 from absl import app, flags
 import numpy as np
 import tensorflow as tf
 
-from tfsr_defense import attacks, clever, models, precision
+from tfsr_defense import attacks, clever, models
+
+import machine  # benchmarks/machine.py: the command and machine header
 
 flags.DEFINE_integer("height", 80, "LR height (pixels).")
 flags.DEFINE_integer("width", 120, "LR width (pixels).")
@@ -68,13 +67,7 @@ def time_clever(model, x, num_samples, batch_size):
 
 def main(argv):
   del argv
-  print(f"command: {' '.join([sys.executable] + sys.argv)}")
-  print(f"machine: {platform.node()}, {platform.processor() or platform.machine()}, "
-        f"{tf.config.threading.get_intra_op_parallelism_threads()} intra-op / "
-        f"{tf.config.threading.get_inter_op_parallelism_threads()} inter-op threads (0 = all), "
-        f"TF_NUM_INTRAOP_THREADS={os.environ.get('TF_NUM_INTRAOP_THREADS', 'unset')}, "
-        f"CPU bf16 (AMX/AVX512-BF16): {precision.cpu_has_bf16()}, "
-        f"GPUs: {len(tf.config.list_physical_devices('GPU'))}, TF {tf.__version__}")
+  machine.print_header()
   tf.keras.utils.set_random_seed(0)
   model = models.build_model("edsr", FLAGS.scale, entropy_weight=FLAGS.entropy_weight,
                              n_resblocks=FLAGS.n_resblocks, n_feats=FLAGS.n_feats)

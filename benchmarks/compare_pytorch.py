@@ -26,7 +26,6 @@ matmul of the same run (TF and PyTorch, float32 and bf16). Prints medians over
 """
 
 import os
-import platform
 import statistics
 import sys
 import time
@@ -35,7 +34,9 @@ from absl import app, flags
 import numpy as np
 import tensorflow as tf
 
-from tfsr_defense import models, precision
+from tfsr_defense import models
+
+import machine  # benchmarks/machine.py: the command and machine header
 
 try:
   import torch
@@ -213,10 +214,7 @@ def main(argv):
   del argv
   threads = os.cpu_count()
   torch.set_num_threads(threads)
-  print(f"command: {' '.join([sys.executable] + sys.argv)}")
-  print(f"machine: {platform.node()}, {platform.processor() or platform.machine()}, "
-        f"{threads} CPUs, CPU bf16 (AMX/AVX512-BF16): {precision.cpu_has_bf16()}, "
-        f"TF {tf.__version__}, PyTorch {torch.__version__} ({torch.get_num_threads()} threads)")
+  machine.print_header(f"PyTorch {torch.__version__} ({torch.get_num_threads()} threads)")
   rng = np.random.default_rng(0)
   b, p = FLAGS.batch_size, FLAGS.patch_size
   lr = rng.random((b, p, p, 3), dtype=np.float32)

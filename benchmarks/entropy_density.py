@@ -14,8 +14,6 @@ repeats; compare them as ratios within one run.
 """
 
 import os
-import platform
-import subprocess
 import sys
 import time
 
@@ -26,8 +24,9 @@ import tensorflow as tf
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_step  # noqa: E402  (the EDSR step timer; defines its own flags)
 
-from tfsr_defense import precision  # noqa: E402
 from tfsr_defense.layers import entropy  # noqa: E402
+
+import machine  # benchmarks/machine.py: the command and machine header
 
 flags.DEFINE_integer("repeats", 5, "Interleaved repeats of the density timings (median).")
 flags.DEFINE_integer("step_repeats", 2, "Interleaved repeats of the train-step timings (median).")
@@ -122,12 +121,7 @@ def time_steps(repeats):
 
 
 def main(_):
-  print(f"command: {' '.join(sys.argv)}")
-  print(f"machine: {platform.processor() or platform.machine()}, nproc "
-        f"{subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()}, "
-        f"affinity {sorted(os.sched_getaffinity(0))}, "
-        f"avx512_bf16 in /proc/cpuinfo: {precision.cpu_has_bf16()}, TF {tf.__version__}, "
-        f"load average {os.getloadavg()[0]:.2f}")
+  machine.print_header()
   shape = [int(s) for s in FLAGS.density_shape]
   print(f"part 1: L_e forward + backward (d/dPhi, d/d 11 density variables), map {shape} float32")
   time_density(FLAGS.repeats, shape)

@@ -28,8 +28,6 @@ within one run (shared machines vary by up to 40 %).
 """
 
 import os
-import platform
-import sys
 import tempfile
 import time
 
@@ -37,7 +35,9 @@ from absl import app, flags
 import numpy as np
 import tensorflow as tf
 
-from tfsr_defense import attacks, clever, data, evaluation, models, precision
+from tfsr_defense import attacks, clever, data, evaluation, models
+
+import machine  # benchmarks/machine.py: the command and machine header
 
 flags.DEFINE_string("dataset", "set5", "LR images to attack (registered name or folder).")
 flags.DEFINE_string("data_dir", None, "Data directory (default: $TFSR_DATA_DIR).")
@@ -74,10 +74,7 @@ def gradient_seconds(run, k, repeats):
 
 def main(argv):
   del argv
-  print(f"command: {' '.join([sys.executable] + sys.argv)}")
-  print(f"machine: {platform.node()}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs, CPU bf16 (AMX/AVX512-BF16): {precision.cpu_has_bf16()}, "
-        f"GPUs: {len(tf.config.list_physical_devices('GPU'))}, TF {tf.__version__}")
+  machine.print_header()
   eps = [float(e) / 255.0 for e in FLAGS.eps]
   pairs = data.load_pairs(FLAGS.dataset, FLAGS.scale, data_dir=FLAGS.data_dir,
                           max_images=FLAGS.max_images)

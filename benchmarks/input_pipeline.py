@@ -19,16 +19,15 @@ medians over --rounds interleaved rounds:
 Prints the command and the machine; compare as ratios (shared machines vary).
 """
 
-import os
-import platform
 import statistics
-import sys
 import time
 
 from absl import app, flags
 import tensorflow as tf
 
 from tfsr_defense import data, losses, models, precision
+
+import machine  # benchmarks/machine.py: the command and machine header
 
 flags.DEFINE_list("train_data", ["t91", "bsd200"], "Training datasets (registered names).")
 flags.DEFINE_string("data_dir", None, "Data directory (default: $TFSR_DATA_DIR).")
@@ -44,10 +43,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  print(f"command: {' '.join([sys.executable] + sys.argv)}")
-  print(f"machine: {platform.node()}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs, CPU bf16 (AMX/AVX512-BF16): {precision.cpu_has_bf16()}, "
-        f"TF {tf.__version__}")
+  machine.print_header()
   start = time.perf_counter()
   pairs = [p for name in FLAGS.train_data
            for p in data.load_pairs(name, FLAGS.scale, data_dir=FLAGS.data_dir)]

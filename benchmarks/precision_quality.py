@@ -21,13 +21,12 @@ difference includes the run-to-run spread a different rounding alone causes.
 
 import dataclasses
 import os
-import platform
-import sys
 
 from absl import app, flags
-import tensorflow as tf
 
-from tfsr_defense import experiment, precision, trainer
+from tfsr_defense import experiment, trainer
+
+import machine  # benchmarks/machine.py: the command and machine header
 
 flags.DEFINE_string("recipe", experiment.DEFAULT_RECIPE, "Recipe flag file.")
 flags.DEFINE_integer("steps", 1000, "Training steps per precision.")
@@ -39,10 +38,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  print(f"command: {' '.join([sys.executable] + sys.argv)}")
-  print(f"machine: {platform.node()}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs, CPU bf16 (AMX/AVX512-BF16): {precision.cpu_has_bf16()}, "
-        f"TF {tf.__version__}", flush=True)
+  machine.print_header()
   recipe = experiment.load_recipe(FLAGS.recipe, FLAGS.steps, FLAGS.data_dir)
   results = {}
   for prec in FLAGS.precisions:

@@ -11,14 +11,14 @@ ImageNet weights); every other name (``srresnet`` = SRGAN's phase one included)
 times a reconstruction-loss step.
 """
 
-import platform
-import sys
 import time
 
 from absl import app, flags
 import tensorflow as tf
 
-from tfsr_defense import gan, losses, models, precision
+from tfsr_defense import gan, losses, models
+
+import machine  # benchmarks/machine.py: the command and machine header
 
 flags.DEFINE_list("models", ["edsr"], "Registered networks to time.")
 flags.DEFINE_list("precisions", ["float32", "mixed_bfloat16"], "Keras policies to time.")
@@ -67,9 +67,7 @@ def time_train_step(name, lam, policy, batch, patch, scale, steps):
 
 
 def main(_):
-  print(f"command: {' '.join(sys.argv)}")
-  print(f"machine: {platform.processor() or platform.machine()}, {tf.config.threading.get_inter_op_parallelism_threads()} "
-        f"inter-op threads, CPU bf16 (AMX/AVX512-BF16): {precision.cpu_has_bf16()}, TF {tf.__version__}")
+  machine.print_header()
   print(f"batch {FLAGS.batch_size}, LR patch {FLAGS.patch_size}, x{FLAGS.scale}, mean of {FLAGS.steps} steps")
   for name in FLAGS.models:
     for lam_label, lam in (("plain", 0.0), ("entropy", None)):

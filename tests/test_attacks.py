@@ -9,7 +9,6 @@ import skimage.data
 import tensorflow as tf
 
 from tfsr_defense import attacks, data, metrics, models
-from tfsr_defense.attacks import engine as engine_lib
 from tfsr_defense.attacks import fda
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
