@@ -17,8 +17,8 @@ time does not depend on them) on the LR images of --dataset:
 3. The sweep itself: ``evaluation.evaluate`` (clean PSNR/SSIM, both attacks at
    every eps, PSNRs of the outputs, rows written to disk, no plots) into a
    fresh temporary report directory, after a warm-up sweep on the first
-   image at one eps (the engine and its loops are compiled once per model,
-   as in the evaluate CLI).
+   image at one eps (which warms TF's kernels; the timed call compiles its
+   own loops once, as one run of the evaluate CLI does).
 4. CLEVER: N_s = --clever_samples gradients in batches of --clever_batch on
    the first image, against N_s x t_grad(CLEVER's objective measured as in 1).
 
@@ -88,7 +88,6 @@ def main(argv):
   # 1-2. Gradient times per image and the sum the sweep needs.
   grad_sum = 0.0
   n_grads = 0
-  per_image = []
   for pair in pairs:
     x = data.to_float(pair.lr)[None]
     t_ifgsm = gradient_seconds(
@@ -97,7 +96,6 @@ def main(argv):
     t_fda = gradient_seconds(
         lambda n: attacks.fda.attack(engine, x, eps=4 / 255, steps=n), FLAGS.grad_steps,
         FLAGS.repeats)
-    per_image.append((pair.name, x.shape[2], x.shape[1], t_ifgsm, t_fda))
     grad_sum += len(eps) * (FLAGS.steps * t_ifgsm + FLAGS.fda_steps * t_fda)
     n_grads += len(eps) * (FLAGS.steps + FLAGS.fda_steps)
     print(f"  {pair.name:12s} LR {x.shape[2]}x{x.shape[1]}: gradient I-FGSM {t_ifgsm:.4f} s, "
