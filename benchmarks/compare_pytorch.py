@@ -34,7 +34,7 @@ from absl import app, flags
 import numpy as np
 import tensorflow as tf
 
-from tfsr_defense import models
+from tfsr_defense import models, precision
 
 import machine  # benchmarks/machine.py: the command and machine header
 
@@ -127,10 +127,9 @@ class TFCase:
   """The project's Keras EDSR under one Keras policy: train step and input gradient."""
 
   def __init__(self, policy, lr, hr, x):
-    tf.keras.mixed_precision.set_global_policy(policy)
     tf.keras.utils.set_random_seed(0)
-    self.model = models.build_model("edsr", SCALE, entropy_weight=0.0)
-    tf.keras.mixed_precision.set_global_policy("float32")
+    with precision.policy_scope(policy):
+      self.model = models.build_model("edsr", SCALE, entropy_weight=0.0)
     self.opt = tf.keras.optimizers.Adam(1e-4)
     self.lr, self.hr, self.x = lr, hr, x
     model, opt = self.model, self.opt
