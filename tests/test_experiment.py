@@ -102,6 +102,30 @@ def test_tiny_suite_end_to_end_and_resume(data_dir, tmp_path):
   assert os.path.getmtime(os.path.join(plain.run_dir, "model.weights.h5")) == weights_time
   # Each variant's own report sits beside the merged one.
   assert len(reports.read_rows(experiment.variant_report_dir(suite_dir, TINY.variants[1]))) == 8
+  # A second suite with the same networks under other names evaluates nothing again: it
+  # copies the cells (and example files) of the first, renamed.
+  other = experiment.Suite("other", "test", (
+      experiment.Variant("none", (("entropy_weight", 0.0),)),
+      experiment.Variant("ER+first", (("entropy_weight", 1.0), ("entropy_layer", "first")))))
+  logged = []
+  moved = experiment.run_suite(other, recipe, output_dir=out, runs_root=runs,
+                               **dict(RUN_ARGS, log=logged.append))
+  shared = reports.read_rows(experiment.variant_report_dir(moved["suite_dir"],
+                                                            other.variants[0]))
+  assert len(shared) == 8 and {r["shared_from"] for r in shared} == {"tiny/plain"}
+  assert {r["model"] for r in shared} == {"none"}
+  first = {r["cell"].replace("|plain|", "|none|"): r for r in reports.read_rows(
+      experiment.variant_report_dir(suite_dir, TINY.variants[0]))}
+  for row in shared:
+    for key in ("psnr_y", "clever", "sr_psnr", "lr_psnr", "model_id"):
+      assert row.get(key) == first[row["cell"]].get(key)
+  assert any(n.startswith("none__") for n in os.listdir(os.path.join(
+      experiment.variant_report_dir(moved["suite_dir"], other.variants[0]), "examples")))
+  assert "  8 cells taken from other suites' reports of the same network" in logged
+  # The network trained with the regularizer elsewhere is another network: evaluated anew.
+  fresh = reports.read_rows(experiment.variant_report_dir(moved["suite_dir"], other.variants[1]))
+  assert len(fresh) == 8 and not any("shared_from" in r for r in fresh)
+  assert moved["table"][0] == dict(result["table"][0], variant="none")
   # Another recipe into the same suite directory is refused, naming what differs.
   with pytest.raises(ValueError, match=r"another recipe.*'steps': \(4, 6\)"):
     experiment.run_suite(TINY, _tiny_recipe(data_dir, steps=6), output_dir=out, runs_root=runs,

@@ -18,14 +18,16 @@ changes only what its study varies (``SUITES``):
 | preprocessing | sec. 5.6 | plain and ER networks behind none / JPEG 75 / random resize |
 
 Training runs live in ``runs/experiments/<run>/``, named by what they change
-(``edsr_lambda0.1``...): a variant shared by two suites (the lambda = 1
-network is in five) is trained once. Each run resumes from its checkpoints.
+(``edsr_lambda0.1``...): a variant shared by several suites (the lambda = 1
+network is in six) is trained once. Each run resumes from its checkpoints.
 Every variant is then evaluated into ``results/experiments/<suite>/`` (the
 report store of ``evaluation``: clean PSNR-Y / SSIM-Y on the clean datasets;
 FDA (official: all ReLU maps) and I-FGSM at every eps on the attack datasets;
 CLEVER on Set5) and the suite's table ``suite.md`` and figure
 ``suite.png`` (SR-PSNR against eps per variant, CLEVER against clean PSNR) are
-written from it. Re-running a suite skips finished training and finished
+written from it. A network evaluated in one suite is not evaluated again in
+another with the same recipe and settings: its cells are copied
+(``share_evaluation``). Re-running a suite skips finished training and finished
 evaluation cells. The suite directory records its recipe; a re-run with
 another recipe (or budget) is refused, so one suite never mixes recipes.
 """
@@ -33,6 +35,7 @@ another recipe (or budget) is refused, so one suite never mixes recipes.
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -41,7 +44,8 @@ from absl import flags
 from tfsr_defense import cli, data, defenses, evaluation, fileio, models, reports, trainer
 
 __all__ = ["Variant", "Suite", "SUITES", "known_suites", "get_suite", "load_recipe",
-           "variant_config", "run_name", "plan", "run_suite", "suite_table", "DEFAULT_RECIPE"]
+           "variant_config", "run_name", "plan", "run_suite", "share_evaluation", "suite_table",
+           "DEFAULT_RECIPE"]
 
 DEFAULT_RECIPE = os.path.join("flags", "experiments", "edsr_x4_study.cfg")
 SUITE_FILE = "suite.json"
@@ -336,6 +340,11 @@ def run_suite(suite, recipe, *, output_dir=os.path.join("results", "experiments"
         continue
       _copy_run_files(config, os.path.join(suite_dir, "runs", reports.safe_name(variant.name)))
       nets = _variant_models(config, variant)
+      shared = share_evaluation(output_dir, suite, variant, recipe, eval_settings,
+                                nets[variant.name].fingerprint) \
+          if variant.defense == "none" else 0
+      if shared:
+        log(f"  {shared} cells taken from other suites' reports of the same network")
       evaluation.evaluate(nets, {k: sets[k] for k in clean_datasets}, report_dir,
                           attacks=(), plots=False, progress=True)
       attacked = {k: (sets[k] if k == "set5" else sets[k][:attack_images])
@@ -348,6 +357,72 @@ def run_suite(suite, recipe, *, output_dir=os.path.join("results", "experiments"
                             precision=precision, plots=plots, progress=True)
   table = write_suite_report(suite, suite_dir)
   return dict(suite_dir=suite_dir, table=table, skipped_variants=skipped, busy_variants=busy)
+
+
+def share_evaluation(output_dir, suite, variant, recipe, eval_settings, fingerprint):
+  """Copy into ``variant``'s report the finished cells of the same network from other suites.
+
+  The lambda = 1 network is a variant of six suites and the plain one of five;
+  each suite reports it under its own name (``lambda=1``, ``PE+noise``...).
+  Their cells are equal when the suite directories under ``output_dir`` record
+  the same recipe and evaluation settings and the rows the same model
+  fingerprint, so they are evaluated once and copied (renamed, with a
+  ``shared_from`` field '<suite>/<variant>'), together with their example files.
+  Only undefended variants share (``defense`` 'none').
+
+  Returns:
+    the number of rows copied (0 when nothing new was found).
+  """
+  ours = variant_report_dir(os.path.join(output_dir, suite.name), variant)
+  target = run_name(recipe, variant)
+  record = dict(recipe=_recipe_record(recipe), evaluation=eval_settings)
+  have = {r.get("cell") for r in reports.read_rows(ours)}
+  copied = 0
+  for other in sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else ():
+    path = os.path.join(output_dir, other, SUITE_FILE)
+    if not os.path.isfile(path):
+      continue
+    with open(path, encoding="utf-8") as f:
+      saved = json.load(f)
+    if {k: saved.get(k) for k in record} != json.loads(fileio.json_text(record)):
+      continue
+    for v in saved.get("variants", ()):
+      theirs = Variant(v["name"], tuple(tuple(t) for t in v["train"]), v["defense"])
+      if theirs.defense != "none" or run_name(recipe, theirs) != target or (
+          other == suite.name and theirs.name == variant.name):
+        continue
+      source = variant_report_dir(os.path.join(output_dir, other), theirs)
+      old_key = f"|{theirs.name}|{fingerprint}|"
+      for row in reports.read_rows(source, repair=False):
+        if row.get("model") != theirs.name or row.get("model_id") != fingerprint or \
+            old_key not in row.get("cell", ""):
+          continue
+        cell = row["cell"].replace(old_key, f"|{variant.name}|{fingerprint}|", 1)
+        if cell in have:
+          continue
+        os.makedirs(ours, exist_ok=True)
+        _copy_example(source, ours, theirs.name, variant.name, row)
+        reports.append_row(ours, dict(row, model=variant.name, cell=cell,
+                                      shared_from=row.get("shared_from",
+                                                          f"{other}/{theirs.name}")))
+        have.add(cell)
+        copied += 1
+  return copied
+
+
+def _copy_example(source, target, old_name, new_name, row):
+  """The example .npz of an attack row, if the source report saved one, under the new name."""
+  if row.get("kind") != "attack":
+    return
+  label = reports.attack_label(row)
+  src = reports.example_path(source, old_name, row["dataset"], row["image"], label,
+                             row["eps_255"])
+  dst = reports.example_path(target, new_name, row["dataset"], row["image"], label,
+                             row["eps_255"])
+  if os.path.isfile(src) and not os.path.isfile(dst):
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    shutil.copyfile(src, dst + ".tmp")
+    os.replace(dst + ".tmp", dst)
 
 
 def variant_report_dir(suite_dir, variant):

@@ -72,11 +72,12 @@ def finite_or_none(v):
   return v
 
 
-def read_rows(report_dir):
+def read_rows(report_dir, repair=True):
   """All rows of ``report_dir/rows.jsonl`` (list of dicts; [] if none).
 
-  A truncated last line (an interrupted write) is dropped, and the file is
-  rewritten without it so that appends stay line-aligned.
+  A truncated last line (an interrupted write) is dropped, and (``repair``)
+  the file is rewritten without it so that appends stay line-aligned. Read
+  another process's store with ``repair=False``: it may be mid-append.
   """
   path = os.path.join(report_dir, ROWS_FILE)
   if not os.path.isfile(path):
@@ -91,7 +92,7 @@ def read_rows(report_dir):
       rows.append(json.loads(line))
     except json.JSONDecodeError:
       bad += 1
-  if bad or (text and not text.endswith("\n")):
+  if repair and (bad or (text and not text.endswith("\n"))):
     if bad:
       warnings.warn(f"{path}: dropped {bad} unreadable line(s) (interrupted write).")
     fileio.atomic_write(path, "".join(fileio.json_text(r) + "\n" for r in rows))
