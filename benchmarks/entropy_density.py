@@ -6,7 +6,11 @@ Part 1 times forward + backward of L_e (gradients w.r.t. the features and the
 density's 11 variables) on a (16, 48, 48, 64) float32 map: tfc's
 ``NoisyDeepFactorized.log_prob`` in a tf.function, the same under XLA, and the
 layer's fused form (eqs. 3-11 channels first, analytic backward) as plain TF ops
-and XLA-compiled (the layer's default for maps of >= 2^18 elements). Part 2
+and XLA-compiled (the layer's default for maps of >= 2^18 elements). Part 1b
+splits the fused XLA form into its passes (forward; backward = the forward
+recomputed + the input gradient + the per-channel reductions of the density's
+parameter gradients), each compiled alone so XLA drops what it does not return:
+where the regularizer's time goes. Part 2
 times the EDSR x4 training step (benchmarks/train_step.py) without the
 regularizer, with it (fused density), and with tfc's log_prob swapped in, float32
 and mixed_bfloat16. All variants interleaved in one process, medians of the
@@ -95,6 +99,50 @@ def time_density(repeats, shape):
           f"{np.median(t) / base:.2f} x tfc)", flush=True)
 
 
+def profile_fused(repeats, shape):
+  """Part 1b: the fused density's XLA passes timed one by one (ms, medians)."""
+  tf.random.set_seed(0)
+  layer = entropy.EntropyRegularizer(weight=1.0, delta=1.0, noise=False)
+  layer.build((None, None, None, shape[-1]))
+  params = [tf.convert_to_tensor(p) for p in layer._density_parameters()]
+  x = tf.transpose(tf.reshape(tf.random.normal(shape) * 30.0, [-1, shape[-1]]))  # (D, M)
+  upstream = tf.fill(tf.shape(x), 1.0 / float(np.prod(shape)))
+
+  def logits_only(x, *params):
+    matrices, biases, factors = entropy._split_params(params)
+    return entropy._density_logits(tf.stack([x + 0.5, x - 0.5]), matrices, biases, factors)[0]
+
+  def input_gradient_only(x, upstream, *params):
+    return entropy._bits_backward(x, upstream, *params)[0]
+
+  xla = lambda f: tf.function(f, jit_compile=True, autograph=False)  # noqa: E731
+  parts = {
+      "forward (bits)": (xla(entropy._bits_forward), (x,)),
+      "forward logits only": (xla(logits_only), (x,)),
+      "backward, input gradient only": (xla(input_gradient_only), (x, upstream)),
+      "backward, full (as trained)": (xla(entropy._bits_backward), (x, upstream)),
+  }
+  times = {name: [] for name in parts}
+  for name, (fn, args) in parts.items():
+    fn(*args, *params)  # compile
+  for _ in range(repeats):
+    for name, (fn, args) in parts.items():
+      start = time.perf_counter()
+      out = fn(*args, *params)
+      tf.nest.flatten(out)[0].numpy()
+      times[name].append(time.perf_counter() - start)
+  ms = {name: 1000 * float(np.median(t)) for name, t in times.items()}
+  for name, t in ms.items():
+    print(f"  {name:32s} {t:7.1f} ms", flush=True)
+  total = ms["forward (bits)"] + ms["backward, full (as trained)"]
+  params_part = ms["backward, full (as trained)"] - ms["backward, input gradient only"]
+  print(f"  forward + backward {total:.1f} ms = forward {ms['forward (bits)']:.1f} "
+        f"({ms['forward (bits)'] / total:.0%}) + backward's forward recompute + input gradient "
+        f"{ms['backward, input gradient only']:.1f} "
+        f"({ms['backward, input gradient only'] / total:.0%}) + parameter-gradient reductions "
+        f"{params_part:.1f} ({params_part / total:.0%})", flush=True)
+
+
 def time_steps(repeats):
   tfc_bits = lambda self, features: _tfc_bits(self, features)  # noqa: E731
   fused_bits = entropy.EntropyRegularizer.bits
@@ -125,6 +173,8 @@ def main(_):
   shape = [int(s) for s in FLAGS.density_shape]
   print(f"part 1: L_e forward + backward (d/dPhi, d/d 11 density variables), map {shape} float32")
   time_density(FLAGS.repeats, shape)
+  print(f"part 1b: the fused XLA density's passes, map {shape} float32 (channels first)")
+  profile_fused(FLAGS.repeats, shape)
   if FLAGS.train_steps:
     print(f"part 2: EDSR x4 train step, batch {FLAGS.batch_size}, LR patch {FLAGS.patch_size}, "
           f"mean of {FLAGS.steps} steps, median of {FLAGS.step_repeats} interleaved repeats")
