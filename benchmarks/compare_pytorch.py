@@ -18,6 +18,14 @@ machine load:
 * one input gradient (the gradient of ||S(x)||^2 w.r.t. a 120 x 80 LR image,
   batch 1), the unit of every attack and of CLEVER.
 
+With --profile it then profiles one training step of TF and of PyTorch
+channels-last per precision and prints where the time goes by op type:
+TensorFlow's profiler (``tf.profiler.experimental``, its ``tensorflow_stats``
+table read with ``tensorboard-plugin-profile``'s protobuf: pip install
+tensorboard-plugin-profile==2.14.0, benchmark-only) and ``torch.profiler``
+(self CPU time per aten op), grouped as convolution forward / convolution
+backward / everything else.
+
 Achieved GFLOP/s count the convolutions' multiply-adds (2 FLOP each)
 analytically: a training step is 3 x the forward FLOPs (forward, input and
 weight gradients), an input gradient 2 x. The peak is the best 4096 x 4096
@@ -53,6 +61,9 @@ flags.DEFINE_integer("grad_steps", 5, "Timed input gradients per round (after 2 
 flags.DEFINE_integer("rounds", 3, "Interleaved rounds; medians are reported.")
 flags.DEFINE_integer("matmul_size", 4096, "Side of the square matmul measuring the peak.")
 flags.DEFINE_list("precisions", ["float32", "bfloat16"], "float32 and/or bfloat16.")
+flags.DEFINE_bool("profile", False, "Also profile one train step per library and precision "
+                  "(op types, self time).")
+flags.DEFINE_integer("profile_top", 8, "Op types listed per profile.")
 FLAGS = flags.FLAGS
 
 SCALE = 4
@@ -209,6 +220,63 @@ def matmul_peak(n, reps=5):
   return out
 
 
+def _conv_group(op):
+  """'conv forward' / 'conv backward' / 'other' of a TF op type or an aten op name."""
+  low = op.lower()
+  if "conv" in low and ("backprop" in low or "backward" in low):
+    return "conv backward"
+  if "conv" in low:
+    return "conv forward"
+  return "other"
+
+
+def profile_tf_step(case, logdir):
+  """{op type: self ms} of one TF train step (tf.profiler's tensorflow_stats, host ops)."""
+  import glob  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  from tensorflow.python.profiler.internal import _pywrap_profiler  # pylint: disable=g-import-not-at-top
+  try:
+    from tensorboard_plugin_profile.protobuf import tf_stats_pb2  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    sys.exit("--profile needs: pip install tensorboard-plugin-profile==2.14.0")
+  logdir = tempfile.mkdtemp(prefix="tf_profile_", dir=logdir)
+  case.train()
+  tf.profiler.experimental.start(logdir)
+  case.train()
+  tf.profiler.experimental.stop()
+  path = sorted(glob.glob(os.path.join(logdir, "plugins", "profile", "*", "*.xplane.pb")))[-1]
+  data, ok = _pywrap_profiler.xspace_to_tools_data([path], "tensorflow_stats")
+  if not ok:
+    raise RuntimeError(f"tf.profiler could not convert {path}")
+  db = tf_stats_pb2.TfStatsDatabase()
+  db.ParseFromString(data)
+  out = {}
+  for r in db.without_idle.tf_stats_record:
+    out[r.op_type] = out.get(r.op_type, 0.0) + r.total_self_time_in_us / 1e3
+  return out
+
+
+def profile_torch_step(case):
+  """{aten op: self ms} of one PyTorch train step (torch.profiler, CPU)."""
+  from torch import profiler  # pylint: disable=g-import-not-at-top
+  case.train()
+  with profiler.profile(activities=[profiler.ProfilerActivity.CPU]) as prof:
+    case.train()
+  return {e.key: e.self_cpu_time_total / 1e3 for e in prof.key_averages()}
+
+
+def print_profile(label, ops, top):
+  total = sum(ops.values())
+  groups = {}
+  for op, ms in ops.items():
+    groups[_conv_group(op)] = groups.get(_conv_group(op), 0.0) + ms
+  print(f"  {label}: {total:.0f} ms of op self time; "
+        + ", ".join(f"{g} {groups.get(g, 0.0):.0f} ms ({groups.get(g, 0.0) / total:.0%})"
+                    for g in ("conv forward", "conv backward", "other")), flush=True)
+  for op, ms in sorted(ops.items(), key=lambda kv: -kv[1])[:top]:
+    print(f"    {op:48s} {ms:8.1f} ms {ms / total:6.1%}", flush=True)
+
+
 def main(argv):
   del argv
   threads = os.cpu_count()
@@ -257,6 +325,13 @@ def main(argv):
         print(f"  {lib:10s} {prec:8s} {t:.4f} s  {rate:6.0f} GFLOP/s = "
               f"{100 * rate / best_peak:3.0f} % of the {prec} matmul peak; "
               f"x{t / ref:.2f} the time of torch NHWC", flush=True)
+  if FLAGS.profile:
+    print("profile of one train step (self time per op type; profilers add overhead, compare "
+          "shares):")
+    for prec in FLAGS.precisions:
+      print_profile(f"tf {prec}", profile_tf_step(cases[("tf", prec)], None), FLAGS.profile_top)
+      print_profile(f"torch NHWC {prec}", profile_torch_step(cases[("torch NHWC", prec)]),
+                    FLAGS.profile_top)
 
 
 if __name__ == "__main__":
