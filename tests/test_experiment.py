@@ -88,6 +88,9 @@ def test_tiny_suite_end_to_end_and_resume(data_dir, tmp_path):
     assert json.load(f)["step"] == 4  # resumed to the end
   md = open(os.path.join(suite_dir, experiment.TABLE_FILE), encoding="utf-8").read()
   assert "| plain |" in md and "| ER |" in md and "fda (relu)/set5/4" in md
+  # The paper's BSD100 numbers beside ours (this smoke run has no BSD100: '–').
+  assert "| plain | clean PSNR-Y, BSD100 (dB) | 27.54 | – | – |" in md
+  assert "| ER | FDA 4/255 SR-PSNR, BSD100 (dB) | 41.03 | – | – |" in md
   assert os.path.getsize(os.path.join(suite_dir, experiment.FIGURE_FILE)) > 1000
   for variant in ("plain", "ER"):
     for name in ("config.json", "flags.txt", "result.json", "model.weights.h5"):
@@ -171,3 +174,22 @@ def test_cli_dry_run_and_errors(data_dir, tmp_path):
   assert proc.returncode == 2 and "Traceback" not in proc.stderr
   assert proc.stderr.strip().splitlines()[-1].startswith(
       "tfsr_defense.experiment: error: flag --suite=nope: value should be one of <ablation")
+
+
+def test_paper_numbers_sit_beside_ours(data_dir):
+  """Each run the paper states a BSD100 number for gets it, under every suite's variant name;
+  defended variants and other runs get none; 'ours' minus 'paper' is computed from the table."""
+  recipe = experiment.load_recipe(data_dir=data_dir)
+  lam = experiment.get_suite("lambda")
+  table = [{"variant": "lambda=0", "psnr_y/bsd100": 26.5, "fda (relu)/bsd100/4": 33.0}]
+  rows = experiment.paper_comparison(lam, recipe, table)
+  assert [(r["variant"], r["paper"], r["ours"]) for r in rows] == [
+      ("lambda=0", 27.54, 26.5), ("lambda=0", 31.65, 33.0), ("lambda=0.1", 27.53, None),
+      ("lambda=1", 27.28, None), ("lambda=1", 41.03, None), ("lambda=10", 26.41, None)]
+  delta = experiment.paper_comparison(experiment.get_suite("delta"), recipe, [])
+  assert [r["paper"] for r in delta if "clean" in r["quantity"]] == [26.89, 27.13, 27.28, 27.34]
+  pre = experiment.paper_comparison(experiment.get_suite("preprocessing"), recipe, [])
+  assert {r["variant"] for r in pre} == {"plain + none", "ER + none"}
+  assert experiment.paper_comparison(experiment.get_suite("target_layer"), recipe, []) == [
+      dict(variant="pre-upsampler, lambda=1", quantity=q, paper=p, ours=None)
+      for q, p in (("clean PSNR-Y, BSD100 (dB)", 27.28), ("FDA 4/255 SR-PSNR, BSD100 (dB)", 41.03))]

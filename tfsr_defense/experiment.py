@@ -45,7 +45,7 @@ from tfsr_defense import cli, data, defenses, evaluation, fileio, models, report
 
 __all__ = ["Variant", "Suite", "SUITES", "known_suites", "get_suite", "load_recipe",
            "variant_config", "run_name", "plan", "run_suite", "share_evaluation", "suite_table",
-           "DEFAULT_RECIPE"]
+           "paper_comparison", "write_suite_report", "PAPER_NUMBERS", "DEFAULT_RECIPE"]
 
 DEFAULT_RECIPE = os.path.join("flags", "experiments", "edsr_x4_study.cfg")
 SUITE_FILE = "suite.json"
@@ -355,7 +355,7 @@ def run_suite(suite, recipe, *, output_dir=os.path.join("results", "experiments"
         evaluation.evaluate(nets, {"set5": sets["set5"]}, report_dir, attacks=(), clever=True,
                             clever_samples=clever_samples, clever_batch=clever_batch,
                             precision=precision, plots=plots, progress=True)
-  table = write_suite_report(suite, suite_dir)
+  table = write_suite_report(suite, suite_dir, recipe)
   return dict(suite_dir=suite_dir, table=table, skipped_variants=skipped, busy_variants=busy)
 
 
@@ -552,11 +552,45 @@ def suite_table(suite, summary):
   return rows
 
 
-def write_suite_report(suite, suite_dir):
+# The numbers the paper states for EDSR x4 on BSD100 (Choi et al., ACCV 2020: its lambda
+# study (sec. 5.3), its delta study (sec. 5.5) and EDSR's FDA at eps = 4/255), by training run name
+# (``run_name``): the plain network is lambda = 0, the defended one lambda = 1, delta = 1.
+PAPER_NUMBERS = {
+    "edsr_lambda0": {"psnr_y/bsd100": 27.54, "fda (relu)/bsd100/4": 31.65},
+    "edsr_lambda0.1": {"psnr_y/bsd100": 27.53},
+    "edsr_lambda1": {"psnr_y/bsd100": 27.28, "fda (relu)/bsd100/4": 41.03},
+    "edsr_lambda10": {"psnr_y/bsd100": 26.41},
+    "edsr_lambda1_delta0.01": {"psnr_y/bsd100": 26.89},
+    "edsr_lambda1_delta0.1": {"psnr_y/bsd100": 27.13},
+    "edsr_lambda1_delta10": {"psnr_y/bsd100": 27.34},
+}
+_QUANTITIES = {"psnr_y/bsd100": "clean PSNR-Y, BSD100 (dB)",
+               "fda (relu)/bsd100/4": "FDA 4/255 SR-PSNR, BSD100 (dB)"}
+
+
+def paper_comparison(suite, recipe, table):
+  """Rows (variant, quantity, paper, ours) for the variants the paper states a number for.
+
+  Only undefended variants whose training run is one of ``PAPER_NUMBERS``
+  (EDSR x4 at the paper's lambda / delta); ``ours`` is None until evaluated.
+  """
+  ours = {r["variant"]: r for r in table}
+  rows = []
+  for variant in suite.variants:
+    if variant.defense != "none":
+      continue
+    for key, paper in PAPER_NUMBERS.get(run_name(recipe, variant), {}).items():
+      rows.append(dict(variant=variant.name, quantity=_QUANTITIES[key], paper=paper,
+                       ours=ours.get(variant.name, {}).get(key)))
+  return rows
+
+
+def write_suite_report(suite, suite_dir, recipe=None):
   """Merge the variants' report stores into the suite's; write ``suite.md`` and ``suite.png``.
 
   The suite directory then holds the merged ``rows.jsonl`` / ``rows.csv``,
-  ``summary.*`` (``reports.write_reports``), the one-table ``suite.md`` and
+  ``summary.*`` (``reports.write_reports``), the one-table ``suite.md`` (with
+  ``recipe``, also the paper's numbers beside ours: ``paper_comparison``) and
   the figure ``suite.png``; each variant's own report (and figures, with
   ``plots``) stays in ``variants/<variant>/``.
   """
@@ -582,6 +616,16 @@ def write_suite_report(suite, suite_dir):
   for r in table:
     lines.append(f"| {r['variant']} | " + " | ".join(
         "–" if r.get(c) is None else f"{r[c]:.2f}" for c in columns) + " |")
+  comparison = paper_comparison(suite, recipe, table) if recipe is not None else []
+  if comparison:
+    lines += ["", "The paper's numbers beside ours (paper: EDSR x4 with its full DIV2K recipe, "
+              "all of BSD100; ours: this suite's CPU recipe, FDA on the attacked BSD100 "
+              "images):", "", "| variant | quantity | paper | ours | ours − paper |",
+              "|---|---|---|---|---|"]
+    for r in comparison:
+      diff = "–" if r["ours"] is None else f"{r['ours'] - r['paper']:+.2f}"
+      ours = "–" if r["ours"] is None else f"{r['ours']:.2f}"
+      lines.append(f"| {r['variant']} | {r['quantity']} | {r['paper']:.2f} | {ours} | {diff} |")
   fileio.atomic_write(os.path.join(suite_dir, TABLE_FILE), "\n".join(lines) + "\n")
   from tfsr_defense import plots  # pylint: disable=g-import-not-at-top
   plots.plot_suite(summary, _report_names(suite, summary), os.path.join(suite_dir, FIGURE_FILE),
