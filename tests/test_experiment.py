@@ -193,3 +193,21 @@ def test_paper_numbers_sit_beside_ours(data_dir):
   assert experiment.paper_comparison(experiment.get_suite("target_layer"), recipe, []) == [
       dict(variant="pre-upsampler, lambda=1", quantity=q, paper=p, ours=None)
       for q, p in (("clean PSNR-Y, BSD100 (dB)", 27.28), ("FDA 4/255 SR-PSNR, BSD100 (dB)", 41.03))]
+
+
+def test_clever_only_for_undefended_variants(data_dir, tmp_path):
+  """A variant behind a pre-processing defense is attacked under both threat models, but gets
+  no CLEVER (its SR network's is the undefended variant's)."""
+  suite = experiment.Suite("pre", "test", (
+      experiment.Variant("ER + none", (("entropy_weight", 1.0),)),
+      experiment.Variant("ER + JPEG 75", (("entropy_weight", 1.0),), "jpeg:75")))
+  recipe = _tiny_recipe(data_dir, steps=2)
+  args = dict(RUN_ARGS, attacks=("ifgsm",), max_images=1)
+  result = experiment.run_suite(suite, recipe, output_dir=str(tmp_path / "results"),
+                                runs_root=str(tmp_path / "runs"), **args)
+  rows = reports.read_rows(result["suite_dir"])
+  kinds = {(r["model"], r["kind"]) for r in rows}
+  assert kinds == {("ER + none", "clean"), ("ER + none", "clever"), ("ER + none", "attack"),
+                   ("ER + JPEG 75 [non-adaptive]", "clean"),
+                   ("ER + JPEG 75 [non-adaptive]", "attack"),
+                   ("ER + JPEG 75 [adaptive]", "clean"), ("ER + JPEG 75 [adaptive]", "attack")}

@@ -23,7 +23,7 @@ network is in six) is trained once. Each run resumes from its checkpoints.
 Every variant is then evaluated into ``results/experiments/<suite>/`` (the
 report store of ``evaluation``: clean PSNR-Y / SSIM-Y on the clean datasets;
 FDA (official: all ReLU maps) and I-FGSM at every eps on the attack datasets;
-CLEVER on Set5) and the suite's table ``suite.md`` and figure
+CLEVER on Set5 for the undefended variants) and the suite's table ``suite.md`` and figure
 ``suite.png`` (SR-PSNR against eps per variant, CLEVER against clean PSNR) are
 written from it. A network evaluated in one suite is not evaluated again in
 another with the same recipe and settings: its cells are copied
@@ -289,7 +289,8 @@ def run_suite(suite, recipe, *, output_dir=os.path.join("results", "experiments"
     attack_datasets: datasets attacked; Set5 whole, the others' first
       ``attack_images`` images (the same images for every variant).
     attacks, eps, steps: as ``evaluation.evaluate`` (FDA: official settings).
-    clever: CLEVER (N_s = clever_samples) on Set5.
+    clever: CLEVER (N_s = clever_samples) on Set5, for the undefended variants
+      (a defended one's would be its bare network's, or undefined through JPEG).
     precision: attack / CLEVER gradient precision.
     train: False evaluates only the variants already trained.
     max_images: use only the first N images of every dataset (smoke runs).
@@ -351,7 +352,9 @@ def run_suite(suite, recipe, *, output_dir=os.path.join("results", "experiments"
                   for k in attack_datasets}
       evaluation.evaluate(nets, attacked, report_dir, attacks=attacks, eps=eps, steps=steps,
                           precision=precision, plots=False, progress=True)
-      if clever and "set5" in sets:
+      # CLEVER scores the SR network: behind a defense it is the bare network's (non-adaptive)
+      # or undefined (JPEG is not differentiable), and EOT would multiply its cost by k.
+      if clever and "set5" in sets and variant.defense == "none":
         evaluation.evaluate(nets, {"set5": sets["set5"]}, report_dir, attacks=(), clever=True,
                             clever_samples=clever_samples, clever_batch=clever_batch,
                             precision=precision, plots=plots, progress=True)
@@ -705,7 +708,7 @@ flags.DEFINE_list("attacks", ["fda", "ifgsm"], "Attacks (FDA with the official s
 flags.DEFINE_list("eps", ["1", "2", "4", "8", "16", "32"], "eps in units of 1/255.",
                   flag_values=FLAGS)
 flags.DEFINE_integer("attack_steps", 50, "I-FGSM iterations (paper: 50).", flag_values=FLAGS)
-flags.DEFINE_bool("clever", True, "CLEVER on Set5.", flag_values=FLAGS)
+flags.DEFINE_bool("clever", True, "CLEVER on Set5 (undefended variants).", flag_values=FLAGS)
 flags.DEFINE_integer("clever_samples", 1024, "CLEVER N_s (paper: 1024).", flag_values=FLAGS)
 flags.DEFINE_enum("precision", "float32", ("float32", "mixed_bfloat16"),
                   "Attack / CLEVER gradient precision.", flag_values=FLAGS)
