@@ -319,6 +319,51 @@ def test_defended_models_both_threat_models_and_hr_target(tmp_path):
                         ifgsm_target="lr", plots=False)
 
 
+def test_adversarial_cache_shared_by_the_non_adaptive_view(tmp_path, monkeypatch):
+  """With adversarial_dir, a network's non-adaptive view behind a defense reuses the bare
+  network's attacked images (no attack computed), the adaptive view attacks anew, and a
+  cached file that does not fit is recomputed."""
+  tf.keras.utils.set_random_seed(7)
+  net = models.build_model("edsr", 2, entropy_weight=0, n_resblocks=1, n_feats=8)
+  rng = np.random.default_rng(3)
+  lr = (rng.uniform(size=(12, 10, 3)) * 255).astype(np.uint8)
+  pairs = [data.ImagePair("n0", lr, np.repeat(np.repeat(lr, 2, 0), 2, 1))]
+  cache = tmp_path / "adversarial"
+  options = dict(attacks=["ifgsm", "fda"], eps=[8 / 255], steps=2, fda_steps=2, plots=False,
+                 adversarial_dir=str(cache))
+  bare = serving.SRModel.from_keras(net, name="tiny")
+  evaluation.evaluate([bare], {"noise": pairs}, str(tmp_path / "bare"), **options)
+  files = sorted(cache.glob(f"{bare.fingerprint}/*.npy"))
+  assert len(files) == 2  # one per attack cell
+  calls = []
+  real = attacks.get_attack
+  monkeypatch.setattr(attacks, "get_attack",
+                      lambda name: (calls.append(name), real(name))[1])
+  nets = defenses.defended_sr_models(net, "jpeg:75", name="tiny")
+  assert nets["tiny [non-adaptive]"].attack_fingerprint == bare.fingerprint
+  assert nets["tiny [adaptive]"].attack_fingerprint == nets["tiny [adaptive]"].fingerprint
+  evaluation.evaluate({"tiny [non-adaptive]": nets["tiny [non-adaptive]"]}, {"noise": pairs},
+                      str(tmp_path / "defended"), **options)
+  assert calls == []  # both attacks came from the cache
+  ours = {reports.attack_label(r): r for r in reports.read_rows(tmp_path / "bare")
+          if r["kind"] == "attack"}
+  theirs = {reports.attack_label(r): r for r in reports.read_rows(tmp_path / "defended")
+            if r["kind"] == "attack"}
+  for label in ("ifgsm", "fda (relu)"):  # the same attacked LR image, another SR output
+    assert theirs[label]["lr_psnr"] == ours[label]["lr_psnr"]
+    assert theirs[label]["model_id"] != ours[label]["model_id"]
+  evaluation.evaluate({"tiny [adaptive]": nets["tiny [adaptive]"]}, {"noise": pairs},
+                      str(tmp_path / "adaptive"), **options)
+  assert sorted(calls) == ["fda", "ifgsm"]  # attacked through the defense (BPDA)
+  # A cached image of another shape (or unreadable) is recomputed and replaced.
+  np.save(files[0], np.zeros((1, 3, 3, 3), np.float32))
+  files[1].write_bytes(b"garbage")
+  calls.clear()
+  evaluation.evaluate([bare], {"noise": pairs}, str(tmp_path / "again"), **options)
+  assert sorted(calls) == ["fda", "ifgsm"]
+  assert all(np.load(f).shape == (1, 12, 10, 3) for f in files)
+
+
 def test_cli_keras_run_directory_bf16_and_defense(data_dir, tmp_path):
   """--precision=mixed_bfloat16 / --defenses load the Keras network of a run directory."""
   run = REPO / "results" / "edsr_x4_cpu_long" / "plain"  # config.json + model.weights.h5

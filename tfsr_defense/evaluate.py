@@ -85,6 +85,10 @@ flags.DEFINE_integer("examples", 1,
                      flag_values=FLAGS)
 flags.DEFINE_bool("plots", True, "Draw the figures into <report_dir>/plots.", flag_values=FLAGS)
 flags.DEFINE_string("report_dir", None, "Output directory (resumable).", flag_values=FLAGS)
+flags.DEFINE_string("adversarial_dir", None,
+                    "Cache the attacked LR images here (.npy per model, image and attack), so "
+                    "that a network's non-adaptive views behind --defenses reuse its attacks "
+                    "instead of recomputing them (default: no cache).", flag_values=FLAGS)
 
 
 def _eps_values(values):
@@ -157,7 +161,7 @@ def run_from_flags():
         clever=FLAGS.clever, clever_samples=FLAGS.clever_samples,
         clever_batch=FLAGS.clever_batch, clever_weibull=FLAGS.clever_weibull, seed=FLAGS.seed,
         precision=FLAGS.precision, num_examples=FLAGS.examples, progress=True, plots=FLAGS.plots,
-        **_fda_options())
+        adversarial_dir=FLAGS.adversarial_dir or None, **_fda_options())
   return result
 
 

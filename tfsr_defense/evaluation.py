@@ -24,11 +24,13 @@ loops reused across images, attacks and CLEVER). No absl flags here;
 ``tfsr_defense.evaluate`` is the CLI.
 """
 
+import hashlib
 import os
 import sys
 import time
 import zlib
 
+import numpy as np
 import tensorflow as tf
 import tqdm
 
@@ -171,7 +173,8 @@ def evaluate(models, datasets, report_dir, *, attacks=("fda", "ifgsm"), eps=DEFA
              ifgsm_target="clean_sr", clever=False,
              clever_samples=clever_lib.DEFAULT_SAMPLES, clever_alpha=clever_lib.DEFAULT_ALPHA,
              clever_batch=clever_lib.DEFAULT_BATCH, clever_weibull=False,
-             seed=0, precision="float32", num_examples=1, progress=False, plots=True):
+             seed=0, precision="float32", num_examples=1, adversarial_dir=None, progress=False,
+             plots=True):
   """Attack every image of every dataset with every attack and eps; write the report.
 
   Args:
@@ -200,6 +203,11 @@ def evaluate(models, datasets, report_dir, *, attacks=("fda", "ifgsm"), eps=DEFA
       gradients (Keras models); PSNRs are always computed on the float32 model.
     num_examples: images per (model, dataset) whose inputs / outputs /
       feature statistics are saved under examples/ (for the figures).
+    adversarial_dir: None, or a directory caching every attacked LR image
+      (float32 .npy) under the model's ``attack_fingerprint``, the image and
+      the attack's settings: a model whose attacks are the same computation
+      as an earlier one's (the non-adaptive view of a network behind a
+      defense, after the bare network) reuses them instead of attacking again.
     progress: tqdm progress bars on stdout.
     plots: draw the figures (``plots.make_plots``) at the end.
 
@@ -227,7 +235,8 @@ def evaluate(models, datasets, report_dir, *, attacks=("fda", "ifgsm"), eps=DEFA
                  fda_random_start=float(fda_random_start), ifgsm_target=ifgsm_target,
                  clever=clever, clever_samples=int(clever_samples),
                  clever_alpha=float(clever_alpha), clever_batch=int(clever_batch),
-                 clever_weibull=clever_weibull, precision=precision)
+                 clever_weibull=clever_weibull, precision=precision,
+                 adversarial_dir=adversarial_dir)
   engines = {}
   computed = skipped = 0
   # Image-major order: an interrupted run leaves every model with the same images done.
@@ -250,6 +259,36 @@ def evaluate(models, datasets, report_dir, *, attacks=("fda", "ifgsm"), eps=DEFA
     from tfsr_defense import plots as plots_lib  # pylint: disable=g-import-not-at-top
     plots_lib.make_plots(report_dir)
   return dict(summary=summary, computed=computed, skipped=skipped, report_dir=report_dir)
+
+
+def _cached_attack(adversarial_dir, m, ds_name, image, key, x, compute):
+  """``compute()`` (the attacked LR image), through the ``adversarial_dir`` cache if given.
+
+  The file is named by the model's attack fingerprint, the image and a digest
+  of the attack's settings (the cell key without the report name and
+  weights fingerprint); written atomically; one that cannot be read or has
+  another shape is recomputed.
+  """
+  if adversarial_dir is None:
+    return compute()
+  fingerprint = getattr(m, "attack_fingerprint", None) or m.fingerprint
+  digest = hashlib.sha256("|".join(map(str, key[2:])).encode()).hexdigest()[:16]
+  path = os.path.join(adversarial_dir, str(fingerprint),
+                      f"{reports.safe_name(ds_name)}__{reports.safe_name(image)}__{digest}.npy")
+  if os.path.isfile(path):
+    try:
+      cached = np.load(path)
+    except (OSError, ValueError):
+      cached = None
+    if cached is not None and cached.shape == tuple(x.shape):
+      return tf.constant(cached, tf.float32)
+  x_adv = compute()
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f"{path}.{os.getpid()}.tmp"
+  with open(tmp, "wb") as f:
+    np.save(f, np.asarray(x_adv, np.float32))
+  os.replace(tmp, path)
+  return x_adv
 
 
 class _LazyEngine:
@@ -293,7 +332,7 @@ def _evaluate_image(m, engine, ds_name, pair, report_dir, done, *, attacks, eps,
                     fda_features, fda_steps, fda_step_fraction, fda_random_start, ifgsm_target,
                     clever, clever_samples,
                     clever_alpha, clever_batch, clever_weibull, seed, precision, save_examples,
-                    bar, progress=False):
+                    bar, adversarial_dir=None, progress=False):
   """All cells of one image; returns (computed, skipped)."""
   base = dict(model=m.name, model_id=m.fingerprint, dataset=ds_name, image=pair.name,
               scale=m.scale)
@@ -348,7 +387,9 @@ def _evaluate_image(m, engine, ds_name, pair, report_dir, done, *, attacks, eps,
     else:
       if bar is not None:
         bar.set_postfix_str(f"{m.name} {pair.name} {attack} {_eps_255(e):g}/255")
-      x_adv = attacks_lib.get_attack(attack)(engine.get(), x, **kwargs)
+      x_adv = _cached_attack(
+          adversarial_dir, m, ds_name, pair.name, key, x,
+          lambda: attacks_lib.get_attack(attack)(engine.get(), x, **kwargs))
       sr_adv = tf.clip_by_value(tf.cast(m(x_adv), tf.float32), 0.0, 1.0)
       row.update(fields,
                  lr_psnr=float(metrics.lr_psnr(x, x_adv)[0]),

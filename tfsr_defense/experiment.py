@@ -350,8 +350,11 @@ def run_suite(suite, recipe, *, output_dir=os.path.join("results", "experiments"
                           attacks=(), plots=False, progress=True)
       attacked = {k: (sets[k] if k == "set5" else sets[k][:attack_images])
                   for k in attack_datasets}
+      # The attacked images are cached in the run: the network's non-adaptive views behind
+      # the pre-processing defenses (other variants, other suites) reuse them.
       evaluation.evaluate(nets, attacked, report_dir, attacks=attacks, eps=eps, steps=steps,
-                          precision=precision, plots=False, progress=True)
+                          precision=precision, plots=False, progress=True,
+                          adversarial_dir=os.path.join(config.run_dir, "adversarial"))
       # CLEVER scores the SR network: behind a defense it is the bare network's (non-adaptive)
       # or undefined (JPEG is not differentiable), and EOT would multiply its cost by k.
       if clever and "set5" in sets and variant.defense == "none":

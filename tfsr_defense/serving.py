@@ -127,10 +127,15 @@ class SRModel:
     keras_model: the Keras network, or None for a SavedModel.
     fingerprint: 16 hex digits identifying the weights (SavedModel files or
       Keras weight values): evaluation reports key their cells by it.
+    attack_fingerprint: identifies what the attacks differentiate (default:
+      ``fingerprint``). Two models with the same one get the same adversarial
+      images from the same attack settings, e.g. a bare network and its
+      non-adaptive view behind a pre-processing defense (``evaluation``'s
+      ``adversarial_dir`` cache shares them).
   """
 
   def __init__(self, name, scale, sr_fn, features_fn=None, keras_model=None, source="keras",
-               keep=None, activations_fn=None, fingerprint=None):
+               keep=None, activations_fn=None, fingerprint=None, attack_fingerprint=None):
     self.name = name
     self.scale = int(scale)
     self.source = source
@@ -139,6 +144,7 @@ class SRModel:
     self.features = features_fn
     self.activations = activations_fn
     self.fingerprint = fingerprint
+    self.attack_fingerprint = attack_fingerprint or fingerprint
     self._keep = keep  # the loaded SavedModel: its functions die with it
 
   def __call__(self, x):

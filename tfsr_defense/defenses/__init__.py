@@ -136,7 +136,10 @@ def defended_sr_models(net, spec, *, name, scale=None, threat_models=THREAT_MODE
     label = f"{name} [{threat}]"
     fingerprint = serving.fingerprint_text(f"{bare.fingerprint}|{layer.spec()}|{threat}|"
                                            f"{eot_samples}|{seed}")
+    # Non-adaptive: the attacks differentiate the bare network, as for the undefended model.
+    attack_fingerprint = bare.fingerprint if threat == "non-adaptive" else fingerprint
     out[label] = serving.SRModel(label, bare.scale, deployed, bare.features,
                                  keras_model=defended.attack_target, source=f"keras+{spec}",
-                                 activations_fn=bare.activations, fingerprint=fingerprint)
+                                 activations_fn=bare.activations, fingerprint=fingerprint,
+                                 attack_fingerprint=attack_fingerprint)
   return out
