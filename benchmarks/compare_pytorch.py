@@ -33,9 +33,11 @@ matmul of the same run (TF and PyTorch, float32 and bf16). Prints medians over
 --rounds; compare as ratios (shared machines vary by up to 40 %).
 """
 
+import glob
 import os
 import statistics
 import sys
+import tempfile
 import time
 
 from absl import app, flags
@@ -230,22 +232,22 @@ def _conv_group(op):
   return "other"
 
 
-def profile_tf_step(case, logdir):
+def profile_tf_step(case):
   """{op type: self ms} of one TF train step (tf.profiler's tensorflow_stats, host ops)."""
-  import glob  # pylint: disable=g-import-not-at-top
-  import tempfile  # pylint: disable=g-import-not-at-top
-  from tensorflow.python.profiler.internal import _pywrap_profiler  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from tensorflow.python.profiler.internal import _pywrap_profiler
   try:
-    from tensorboard_plugin_profile.protobuf import tf_stats_pb2  # pylint: disable=g-import-not-at-top
+    from tensorboard_plugin_profile.protobuf import tf_stats_pb2
   except ImportError:
     sys.exit("--profile needs: pip install tensorboard-plugin-profile==2.14.0")
-  logdir = tempfile.mkdtemp(prefix="tf_profile_", dir=logdir)
+  # pylint: enable=g-import-not-at-top
   case.train()
-  tf.profiler.experimental.start(logdir)
-  case.train()
-  tf.profiler.experimental.stop()
-  path = sorted(glob.glob(os.path.join(logdir, "plugins", "profile", "*", "*.xplane.pb")))[-1]
-  data, ok = _pywrap_profiler.xspace_to_tools_data([path], "tensorflow_stats")
+  with tempfile.TemporaryDirectory(prefix="tf_profile_") as logdir:
+    tf.profiler.experimental.start(logdir)
+    case.train()
+    tf.profiler.experimental.stop()
+    path = sorted(glob.glob(os.path.join(logdir, "plugins", "profile", "*", "*.xplane.pb")))[-1]
+    data, ok = _pywrap_profiler.xspace_to_tools_data([path], "tensorflow_stats")
   if not ok:
     raise RuntimeError(f"tf.profiler could not convert {path}")
   db = tf_stats_pb2.TfStatsDatabase()
@@ -329,7 +331,7 @@ def main(argv):
     print("profile of one train step (self time per op type; profilers add overhead, compare "
           "shares):")
     for prec in FLAGS.precisions:
-      print_profile(f"tf {prec}", profile_tf_step(cases[("tf", prec)], None), FLAGS.profile_top)
+      print_profile(f"tf {prec}", profile_tf_step(cases[("tf", prec)]), FLAGS.profile_top)
       print_profile(f"torch NHWC {prec}", profile_torch_step(cases[("torch NHWC", prec)]),
                     FLAGS.profile_top)
 
