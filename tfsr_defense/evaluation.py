@@ -271,9 +271,8 @@ def _cached_attack(adversarial_dir, m, ds_name, image, key, x, compute):
   """
   if adversarial_dir is None:
     return compute()
-  fingerprint = getattr(m, "attack_fingerprint", None) or m.fingerprint
   digest = hashlib.sha256("|".join(map(str, key[2:])).encode()).hexdigest()[:16]
-  path = os.path.join(adversarial_dir, str(fingerprint),
+  path = os.path.join(adversarial_dir, str(m.attack_fingerprint),
                       f"{reports.safe_name(ds_name)}__{reports.safe_name(image)}__{digest}.npy")
   if os.path.isfile(path):
     try:

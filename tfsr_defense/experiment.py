@@ -381,7 +381,8 @@ def share_evaluation(output_dir, suite, variant, recipe, eval_settings, fingerpr
   """
   ours = variant_report_dir(os.path.join(output_dir, suite.name), variant)
   target = run_name(recipe, variant)
-  record = dict(recipe=_recipe_record(recipe), evaluation=eval_settings)
+  record = json.loads(fileio.json_text(dict(recipe=_recipe_record(recipe),
+                                             evaluation=eval_settings)))  # as suite.json has it
   have = {r.get("cell") for r in reports.read_rows(ours)}
   copied = 0
   for other in sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else ():
@@ -390,7 +391,7 @@ def share_evaluation(output_dir, suite, variant, recipe, eval_settings, fingerpr
       continue
     with open(path, encoding="utf-8") as f:
       saved = json.load(f)
-    if {k: saved.get(k) for k in record} != json.loads(fileio.json_text(record)):
+    if {k: saved.get(k) for k in record} != record:
       continue
     for v in saved.get("variants", ()):
       theirs = Variant(v["name"], tuple(tuple(t) for t in v["train"]), v["defense"])
