@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tfsr_defense import experiment, reports, trainer
+from tfsr_defense import defenses, experiment, reports, trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -211,3 +211,36 @@ def test_clever_only_for_undefended_variants(data_dir, tmp_path):
                    ("ER + JPEG 75 [non-adaptive]", "clean"),
                    ("ER + JPEG 75 [non-adaptive]", "attack"),
                    ("ER + JPEG 75 [adaptive]", "clean"), ("ER + JPEG 75 [adaptive]", "attack")}
+
+
+def test_eot_draws_are_a_recorded_setting_of_suites_with_defenses(data_dir, tmp_path):
+  """k of the adaptive attack on random resizing reaches the defended view (its fingerprint),
+  is recorded only where a suite has a pre-processing variant, a re-run with another k is
+  refused, and the undefended network's cells are still shared with suites that have no k."""
+  recipe = _tiny_recipe(data_dir, steps=2)
+  out, runs = str(tmp_path / "results"), str(tmp_path / "runs")
+  args = dict(RUN_ARGS, attacks=("ifgsm",), clever=False, max_images=1)
+  experiment.run_suite(TINY, recipe, output_dir=out, runs_root=runs, **args)
+  with open(os.path.join(out, "tiny", experiment.SUITE_FILE), encoding="utf-8") as f:
+    assert "eot_samples" not in json.load(f)["evaluation"]
+  pre = experiment.Suite("pre", "test", (
+      experiment.Variant("ER + none", (("entropy_weight", 1.0),)),
+      experiment.Variant("ER + resize", (("entropy_weight", 1.0),), "resize:0.9-1.1")))
+  with pytest.raises(ValueError, match="eot_samples must be an integer >= 1, got 0"):
+    experiment.run_suite(pre, recipe, output_dir=out, runs_root=runs, eot_samples=0, **args)
+  assert not os.path.exists(os.path.join(out, "pre"))  # refused before anything is written
+  result = experiment.run_suite(pre, recipe, output_dir=out, runs_root=runs, eot_samples=2,
+                                **args)
+  with open(os.path.join(result["suite_dir"], experiment.SUITE_FILE), encoding="utf-8") as f:
+    assert json.load(f)["evaluation"]["eot_samples"] == 2
+  rows = reports.read_rows(result["suite_dir"])
+  assert {r.get("shared_from") for r in rows if r["model"] == "ER + none"} == {"tiny/ER"}
+  config = experiment.variant_config(recipe, pre.variants[1], runs)
+  _, net, _, _ = trainer.load_run_model(config.run_dir)
+  expected = {k: defenses.defended_sr_models(net, "resize:0.9-1.1", name="ER + resize",
+                                             eot_samples=k)["ER + resize [adaptive]"].fingerprint
+              for k in (2, 8)}
+  assert expected[2] != expected[8]
+  assert {r["model_id"] for r in rows if r["model"] == "ER + resize [adaptive]"} == {expected[2]}
+  with pytest.raises(ValueError, match=r"evaluation.eot_samples': \(2, 3\)"):
+    experiment.run_suite(pre, recipe, output_dir=out, runs_root=runs, eot_samples=3, **args)

@@ -264,12 +264,13 @@ def _latest_step(run_dir):
   return max(steps) if steps else 0
 
 
-def _variant_models(config, variant):
+def _variant_models(config, variant, eot_samples):
   """{report name: SRModel} of a trained variant: the float32 network, or (pre-processing
-  variants) the network behind its defense under both threat models."""
+  variants) the network behind its defense under both threat models (the adaptive attack
+  on a random defense averages ``eot_samples`` draws per gradient)."""
   _, model, _, _ = trainer.load_run_model(config.run_dir)
   return defenses.defended_sr_models(model, variant.defense, name=variant.name,
-                                     scale=config.scale)
+                                     scale=config.scale, eot_samples=eot_samples)
 
 
 def run_suite(suite, recipe, *, output_dir=os.path.join("results", "experiments"),
@@ -277,8 +278,8 @@ def run_suite(suite, recipe, *, output_dir=os.path.join("results", "experiments"
                                                                              "bsd100"),
               attack_datasets=("set5", "bsd100"), attack_images=20, attacks=("fda", "ifgsm"),
               eps=evaluation.DEFAULT_EPS, steps=50, clever=True, clever_samples=1024,
-              clever_batch=16, precision="float32", train=True, max_images=None, plots=True,
-              log=print):
+              clever_batch=16, precision="float32", eot_samples=8, train=True, max_images=None,
+              plots=True, log=print):
   """Train every variant of ``suite`` (resumable) and evaluate it into ``<output_dir>/<suite>``.
 
   Args:
@@ -292,6 +293,9 @@ def run_suite(suite, recipe, *, output_dir=os.path.join("results", "experiments"
     clever: CLEVER (N_s = clever_samples) on Set5, for the undefended variants
       (a defended one's would be its bare network's, or undefined through JPEG).
     precision: attack / CLEVER gradient precision.
+    eot_samples: k >= 1 random draws averaged per gradient by the adaptive
+      attack on a random pre-processing defense (EOT); recorded in
+      ``suite.json`` of the suites that have a pre-processing variant.
     train: False evaluates only the variants already trained.
     max_images: use only the first N images of every dataset (smoke runs).
     plots: also draw each variant's report figures (``plots.make_plots``);
@@ -313,6 +317,10 @@ def run_suite(suite, recipe, *, output_dir=os.path.join("results", "experiments"
                        eps_255=[round(e * 255, 6) for e in eps], steps=int(steps),
                        clever=bool(clever), clever_samples=int(clever_samples),
                        precision=precision, max_images=max_images)
+  if not isinstance(eot_samples, int) or isinstance(eot_samples, bool) or eot_samples < 1:
+    raise ValueError(f"eot_samples must be an integer >= 1, got {eot_samples!r}.")
+  if any(v.defense != "none" for v in suite.variants):
+    eval_settings["eot_samples"] = eot_samples
   # Every input is checked before anything is written or trained.
   scale = recipe.scale
   sets = {}
@@ -340,7 +348,7 @@ def run_suite(suite, recipe, *, output_dir=os.path.join("results", "experiments"
         busy.append(variant.name)
         continue
       _copy_run_files(config, os.path.join(suite_dir, "runs", reports.safe_name(variant.name)))
-      nets = _variant_models(config, variant)
+      nets = _variant_models(config, variant, eot_samples)
       shared = share_evaluation(output_dir, suite, variant, recipe, eval_settings,
                                 nets[variant.name].fingerprint) \
           if variant.defense == "none" else 0
@@ -381,8 +389,7 @@ def share_evaluation(output_dir, suite, variant, recipe, eval_settings, fingerpr
   """
   ours = variant_report_dir(os.path.join(output_dir, suite.name), variant)
   target = run_name(recipe, variant)
-  record = json.loads(fileio.json_text(dict(recipe=_recipe_record(recipe),
-                                             evaluation=eval_settings)))  # as suite.json has it
+  record = _sharing_record(dict(recipe=_recipe_record(recipe), evaluation=eval_settings))
   have = {r.get("cell") for r in reports.read_rows(ours)}
   copied = 0
   for other in sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else ():
@@ -391,7 +398,7 @@ def share_evaluation(output_dir, suite, variant, recipe, eval_settings, fingerpr
       continue
     with open(path, encoding="utf-8") as f:
       saved = json.load(f)
-    if {k: saved.get(k) for k in record} != record:
+    if _sharing_record(saved) != record:
       continue
     for v in saved.get("variants", ()):
       theirs = Variant(v["name"], tuple(tuple(t) for t in v["train"]), v["defense"])
@@ -415,6 +422,13 @@ def share_evaluation(output_dir, suite, variant, recipe, eval_settings, fingerpr
         have.add(cell)
         copied += 1
   return copied
+
+
+def _sharing_record(record):
+  """What of a ``suite.json`` record decides an undefended network's cells, as JSON has it
+  (the EOT draws only change the defended variants')."""
+  evaluation = {k: v for k, v in (record.get("evaluation") or {}).items() if k != "eot_samples"}
+  return json.loads(fileio.json_text(dict(recipe=record.get("recipe"), evaluation=evaluation)))
 
 
 def _copy_example(source, target, old_name, new_name, row):
@@ -716,6 +730,9 @@ flags.DEFINE_bool("clever", True, "CLEVER on Set5 (undefended variants).", flag_
 flags.DEFINE_integer("clever_samples", 1024, "CLEVER N_s (paper: 1024).", flag_values=FLAGS)
 flags.DEFINE_enum("precision", "float32", ("float32", "mixed_bfloat16"),
                   "Attack / CLEVER gradient precision.", flag_values=FLAGS)
+flags.DEFINE_integer("eot_samples", 8, "Random draws averaged per gradient by the adaptive "
+                     "attack on random resizing (EOT; pre-processing suite).", lower_bound=1,
+                     flag_values=FLAGS)
 flags.DEFINE_integer("max_images", None, "Only the first N images of every dataset (smoke runs).",
                      flag_values=FLAGS)
 flags.DEFINE_bool("train", True, "Train missing variants (false: evaluate trained ones only).",
@@ -754,7 +771,8 @@ def main(argv):
       clean_datasets=FLAGS.clean_datasets, attack_datasets=FLAGS.attack_datasets,
       attack_images=FLAGS.attack_images, attacks=FLAGS.attacks, eps=eps,
       steps=FLAGS.attack_steps, clever=FLAGS.clever, clever_samples=FLAGS.clever_samples,
-      precision=FLAGS.precision, train=FLAGS.train, max_images=FLAGS.max_images)
+      precision=FLAGS.precision, eot_samples=FLAGS.eot_samples, train=FLAGS.train,
+      max_images=FLAGS.max_images)
   print(f"Suite report: {os.path.join(result['suite_dir'], TABLE_FILE)}")
   if result["busy_variants"]:
     print(f"Busy in another process (run the suite again later): "
