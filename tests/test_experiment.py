@@ -161,11 +161,13 @@ def test_cli_dry_run_and_errors(data_dir, tmp_path):
   recipe.write_text(f"--flagfile={experiment.DEFAULT_RECIPE}\n--patch_size=8\n--batch_size=2\n")
   runs = tmp_path / "runs"
   proc = subprocess.run([sys.executable, "-m", "tfsr_defense.experiment", "--suite=delta",
-                         "--dry_run", "--steps=8", f"--recipe={recipe}", f"--runs_root={runs}"],
+                         "--dry_run", "--steps=8", f"--recipe={recipe}", f"--runs_root={runs}",
+                         "--variant=delta=10", "--variant=delta=0.01"],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
                         check=False)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "delta=0.01" in proc.stdout and "edsr_lambda1_delta0.01" in proc.stdout
+  assert "edsr_lambda1_delta10" in proc.stdout and "delta=0.1 " not in proc.stdout  # --variant
   assert "new" in proc.stdout and "Estimated on this machine" in proc.stdout
   assert not runs.exists()  # a dry run changes nothing
   proc = subprocess.run([sys.executable, "-m", "tfsr_defense.experiment", "--suite=nope"],
@@ -244,3 +246,25 @@ def test_eot_draws_are_a_recorded_setting_of_suites_with_defenses(data_dir, tmp_
   assert {r["model_id"] for r in rows if r["model"] == "ER + resize [adaptive]"} == {expected[2]}
   with pytest.raises(ValueError, match=r"evaluation.eot_samples': \(2, 3\)"):
     experiment.run_suite(pre, recipe, output_dir=out, runs_root=runs, eot_samples=3, **args)
+
+
+def test_a_subset_of_variants(data_dir, tmp_path):
+  """--variant runs only the named variants; the suite's report keeps every variant evaluated
+  so far; an unknown name is refused before anything is written."""
+  recipe = _tiny_recipe(data_dir, steps=2)
+  out, runs = str(tmp_path / "results"), str(tmp_path / "runs")
+  args = dict(RUN_ARGS, attacks=(), clever=False, max_images=1)
+  with pytest.raises(ValueError, match=r"Unknown variant\(s\) \['Er'\] of suite 'tiny': use "
+                     r"some of \['plain', 'ER'\]"):
+    experiment.run_suite(TINY, recipe, output_dir=out, runs_root=runs, variants=["Er"], **args)
+  assert not os.path.exists(out) and not os.path.exists(runs)
+  result = experiment.run_suite(TINY, recipe, output_dir=out, runs_root=runs, variants=["ER"],
+                                **args)
+  assert [r["variant"] for r in result["table"]] == ["ER"]
+  assert not os.path.exists(experiment.variant_config(recipe, TINY.variants[0], runs).run_dir)
+  result = experiment.run_suite(TINY, recipe, output_dir=out, runs_root=runs,
+                                variants=["plain"], **args)
+  assert [r["variant"] for r in result["table"]] == ["plain", "ER"]
+  assert experiment.select_variants(TINY, ["ER", "plain"]).variants == TINY.variants
+  with pytest.raises(ValueError, match="Unknown variant"):
+    experiment.select_variants(TINY, [])

@@ -44,7 +44,7 @@ from absl import flags
 from tfsr_defense import cli, data, defenses, evaluation, fileio, models, reports, trainer
 
 __all__ = ["Variant", "Suite", "SUITES", "known_suites", "get_suite", "load_recipe",
-           "variant_config", "run_name", "plan", "run_suite", "share_evaluation", "suite_table",
+           "variant_config", "run_name", "select_variants", "plan", "run_suite", "share_evaluation", "suite_table",
            "paper_comparison", "write_suite_report", "PAPER_NUMBERS", "DEFAULT_RECIPE"]
 
 DEFAULT_RECIPE = os.path.join("flags", "experiments", "edsr_x4_study.cfg")
@@ -241,6 +241,20 @@ def _trained(config):
     return json.load(f).get("step") == config.steps
 
 
+def select_variants(suite, names):
+  """``suite`` with only the variants named in ``names`` (in the suite's order).
+
+  Raises:
+    ValueError: a name that is not a variant of the suite, or no name at all.
+  """
+  known = [v.name for v in suite.variants]
+  unknown = [n for n in names if n not in known]
+  if unknown or not names:
+    raise ValueError(f"Unknown variant(s) {unknown} of suite '{suite.name}': use some of "
+                     f"{known}.")
+  return dataclasses.replace(suite, variants=tuple(v for v in suite.variants if v.name in names))
+
+
 def plan(suite, recipe, runs_root=os.path.join("runs", "experiments")):
   """[(variant, TrainConfig, status)] with status 'trained', 'resumable at step N' or 'new'."""
   out = []
@@ -278,8 +292,8 @@ def run_suite(suite, recipe, *, output_dir=os.path.join("results", "experiments"
                                                                              "bsd100"),
               attack_datasets=("set5", "bsd100"), attack_images=20, attacks=("fda", "ifgsm"),
               eps=evaluation.DEFAULT_EPS, steps=50, clever=True, clever_samples=1024,
-              clever_batch=16, precision="float32", eot_samples=8, train=True, max_images=None,
-              plots=True, log=print):
+              clever_batch=16, precision="float32", eot_samples=8, variants=None, train=True,
+              max_images=None, plots=True, log=print):
   """Train every variant of ``suite`` (resumable) and evaluate it into ``<output_dir>/<suite>``.
 
   Args:
@@ -296,6 +310,9 @@ def run_suite(suite, recipe, *, output_dir=os.path.join("results", "experiments"
     eot_samples: k >= 1 random draws averaged per gradient by the adaptive
       attack on a random pre-processing defense (EOT); recorded in
       ``suite.json`` of the suites that have a pre-processing variant.
+    variants: None (all), or the names of the variants to train and evaluate
+      now (e.g. the networks that fit the budget); the suite's report still
+      covers every variant evaluated so far.
     train: False evaluates only the variants already trained.
     max_images: use only the first N images of every dataset (smoke runs).
     plots: also draw each variant's report figures (``plots.make_plots``);
@@ -321,6 +338,7 @@ def run_suite(suite, recipe, *, output_dir=os.path.join("results", "experiments"
     raise ValueError(f"eot_samples must be an integer >= 1, got {eot_samples!r}.")
   if any(v.defense != "none" for v in suite.variants):
     eval_settings["eot_samples"] = eot_samples
+  selected = suite if variants is None else select_variants(suite, variants)
   # Every input is checked before anything is written or trained.
   scale = recipe.scale
   sets = {}
@@ -328,8 +346,9 @@ def run_suite(suite, recipe, *, output_dir=os.path.join("results", "experiments"
     sets[name] = data.load_pairs(name, scale, data_dir=recipe.data_dir, max_images=max_images)
   _check_suite_dir(suite_dir, suite, recipe, eval_settings)
   skipped, busy = [], []
-  for index, (variant, config, status) in enumerate(plan(suite, recipe, runs_root), 1):
-    log(f"[{suite.name} {index}/{len(suite.variants)}] {variant.name}: {config.run_dir} ({status})")
+  for index, (variant, config, status) in enumerate(plan(selected, recipe, runs_root), 1):
+    log(f"[{suite.name} {index}/{len(selected.variants)}] {variant.name}: {config.run_dir} "
+        f"({status})")
     if status != "trained":
       if not train:
         skipped.append(variant.name)
@@ -733,6 +752,8 @@ flags.DEFINE_enum("precision", "float32", ("float32", "mixed_bfloat16"),
 flags.DEFINE_integer("eot_samples", 8, "Random draws averaged per gradient by the adaptive "
                      "attack on random resizing (EOT; pre-processing suite).", lower_bound=1,
                      flag_values=FLAGS)
+flags.DEFINE_multi_string("variant", None, "Train and evaluate only this variant of the suite "
+                          "(repeat the flag for several; default: all).", flag_values=FLAGS)
 flags.DEFINE_integer("max_images", None, "Only the first N images of every dataset (smoke runs).",
                      flag_values=FLAGS)
 flags.DEFINE_bool("train", True, "Train missing variants (false: evaluate trained ones only).",
@@ -753,6 +774,8 @@ def main(argv):
     except ValueError:
       raise ValueError(f"--eps takes numbers in units of 1/255; got {v!r}.") from None
   if FLAGS.dry_run:
+    if FLAGS.variant:
+      suite = select_variants(suite, FLAGS.variant)
     print(f"Suite '{suite.name}' ({suite.paper}), recipe {FLAGS.recipe} "
           f"({recipe.steps} steps per variant):")
     for variant, config, status in plan(suite, recipe, FLAGS.runs_root):
@@ -771,8 +794,8 @@ def main(argv):
       clean_datasets=FLAGS.clean_datasets, attack_datasets=FLAGS.attack_datasets,
       attack_images=FLAGS.attack_images, attacks=FLAGS.attacks, eps=eps,
       steps=FLAGS.attack_steps, clever=FLAGS.clever, clever_samples=FLAGS.clever_samples,
-      precision=FLAGS.precision, eot_samples=FLAGS.eot_samples, train=FLAGS.train,
-      max_images=FLAGS.max_images)
+      precision=FLAGS.precision, eot_samples=FLAGS.eot_samples, variants=FLAGS.variant,
+      train=FLAGS.train, max_images=FLAGS.max_images)
   print(f"Suite report: {os.path.join(result['suite_dir'], TABLE_FILE)}")
   if result["busy_variants"]:
     print(f"Busy in another process (run the suite again later): "
