@@ -78,6 +78,13 @@ def test_tiny_suite_end_to_end_and_resume(data_dir, tmp_path):
   trainer.train(dataclasses.replace(plain, steps=2), log=lambda *_: None)
   statuses = [status for _, _, status in experiment.plan(TINY, recipe, runs)]
   assert statuses == ["resumable at step 2", "new"]
+  # What is left, by hand: 2 + 4 steps; per variant 2 Set5 images x 1 eps x (FDA 1.5 x 10 +
+  # I-FGSM 2 steps) + CLEVER 2 images x 4 samples = 42 gradients.
+  left = dict(attack_datasets=("set5",), attacks=("fda", "ifgsm"), eps=(4 / 255,), steps=2,
+              clever=True, clever_samples=4, max_images=2)
+  assert experiment.estimate_seconds(TINY, recipe, runs_root=runs, output_dir=out,
+                                     seconds_per_step=1.0, seconds_per_grad=0.5,
+                                     **left) == (6 + 84 * 0.5, 6, 84)
   result = experiment.run_suite(TINY, recipe, output_dir=out, runs_root=runs, **RUN_ARGS)
   suite_dir = result["suite_dir"]
   assert [r["variant"] for r in result["table"]] == ["plain", "ER"]
@@ -105,11 +112,27 @@ def test_tiny_suite_end_to_end_and_resume(data_dir, tmp_path):
   assert os.path.getmtime(os.path.join(plain.run_dir, "model.weights.h5")) == weights_time
   # Each variant's own report sits beside the merged one.
   assert len(reports.read_rows(experiment.variant_report_dir(suite_dir, TINY.variants[1]))) == 8
+  assert experiment.remaining_gradients(TINY, recipe, output_dir=out, runs_root=runs,
+                                       **left) == {"plain": 0, "ER": 0}
+  # Behind defenses: the bare network's cells are shared from 'tiny', the non-adaptive views
+  # reuse its attacks, the adaptive one through JPEG (BPDA) costs 2 x 17 gradients, through
+  # random resizing k = 3 times that, and the network's training is counted once.
+  pre = experiment.Suite("pre", "test", (
+      experiment.Variant("ER + none", (("entropy_weight", 1.0),)),
+      experiment.Variant("ER + JPEG", (("entropy_weight", 1.0),), "jpeg:75"),
+      experiment.Variant("ER + resize", (("entropy_weight", 1.0),), "resize:0.9-1.1")))
+  assert experiment.remaining_gradients(pre, recipe, output_dir=out, runs_root=runs,
+                                       **dict(left, eot_samples=3)) == {
+                                           "ER + none": 0, "ER + JPEG": 34, "ER + resize": 102}
+  assert experiment.estimate_seconds(pre, recipe, runs_root=str(tmp_path / "fresh_runs"),
+                                     output_dir=out, **left)[1] == 4
   # A second suite with the same networks under other names evaluates nothing again: it
   # copies the cells (and example files) of the first, renamed.
   other = experiment.Suite("other", "test", (
       experiment.Variant("none", (("entropy_weight", 0.0),)),
       experiment.Variant("ER+first", (("entropy_weight", 1.0), ("entropy_layer", "first")))))
+  assert experiment.remaining_gradients(other, recipe, output_dir=out, runs_root=runs,
+                                       **left) == {"none": 0, "ER+first": 42}
   logged = []
   moved = experiment.run_suite(other, recipe, output_dir=out, runs_root=runs,
                                **dict(RUN_ARGS, log=logged.append))

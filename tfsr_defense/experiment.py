@@ -44,7 +44,8 @@ from absl import flags
 from tfsr_defense import cli, data, defenses, evaluation, fileio, models, reports, trainer
 
 __all__ = ["Variant", "Suite", "SUITES", "known_suites", "get_suite", "load_recipe",
-           "variant_config", "run_name", "select_variants", "plan", "run_suite", "share_evaluation", "suite_table",
+           "variant_config", "run_name", "select_variants", "plan", "remaining_gradients",
+           "run_suite", "share_evaluation", "suite_table",
            "paper_comparison", "write_suite_report", "PAPER_NUMBERS", "DEFAULT_RECIPE"]
 
 DEFAULT_RECIPE = os.path.join("flags", "experiments", "edsr_x4_study.cfg")
@@ -673,17 +674,90 @@ def write_suite_report(suite, suite_dir, recipe=None):
   return table
 
 
-def estimate_seconds(suite, recipe, *, runs_root, attack_images, eps, steps, clever,
-                     clever_samples, fda_steps=10, seconds_per_step=None, seconds_per_grad=None):
-  """Rough time of what is left of a suite: remaining steps x step time + gradients x their time."""
-  remaining = 0
+def remaining_gradients(suite, recipe, *, output_dir, runs_root, attack_datasets=("set5", "bsd100"),
+                        attack_images=20, attacks=("fda", "ifgsm"), eps=evaluation.DEFAULT_EPS,
+                        steps=50, clever=True, clever_samples=1024, eot_samples=8, fda_steps=10,
+                        max_images=None):
+  """Input gradients the evaluation of each variant still needs (an estimate for planning).
+
+  Counts the attack and CLEVER cells missing from the variant's report, taking
+  as done the cells of the same training run in another suite's report under
+  ``output_dir`` made with the same recipe (``share_evaluation`` copies them;
+  the weights and evaluation settings are not compared here). An I-FGSM cell costs ``steps`` gradients, an FDA cell about
+  1.5 x ``fda_steps`` (its many feature maps), CLEVER ``clever_samples`` per
+  Set5 image (undefended variants only). Behind a defense the non-adaptive view
+  costs nothing (it reuses the bare network's cached attacks) and the adaptive
+  one through random resizing ``eot_samples`` times as much.
+
+  Returns:
+    dict variant name -> gradients (float), in the suite's order.
+  """
+  def count(rows, model, kind, attack=None):
+    return sum(1 for r in rows if r.get("model") == model and r.get("kind") == kind
+               and (attack is None or r.get("attack") == attack))
+
+  per_image = {"ifgsm": steps, "fda": 1.5 * fda_steps}
+  images = 0
+  for name in attack_datasets:
+    n = 5 if name == "set5" else attack_images
+    images += n if max_images is None else min(n, max_images)
+  set5 = 5 if max_images is None else min(5, max_images)
+  ours = _sharing_record(dict(recipe=_recipe_record(recipe)))["recipe"]
+  runs = {}  # training run name -> [(rows, report name)]: undefended variants of same-recipe suites
+  for other in sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else ():
+    path = os.path.join(output_dir, other, SUITE_FILE)
+    if not os.path.isfile(path):
+      continue
+    with open(path, encoding="utf-8") as f:
+      saved = json.load(f)
+    if saved.get("recipe") != ours:
+      continue
+    for v in saved.get("variants", ()):
+      theirs = Variant(v["name"], tuple(tuple(t) for t in v["train"]), v["defense"])
+      if theirs.defense == "none":
+        rows = reports.read_rows(variant_report_dir(os.path.join(output_dir, other), theirs),
+                                 repair=False)
+        runs.setdefault(run_name(recipe, theirs), []).append((rows, theirs.name))
+  out = {}
+  for variant in suite.variants:
+    own = reports.read_rows(variant_report_dir(os.path.join(output_dir, suite.name), variant),
+                            repair=False)
+    if variant.defense == "none":
+      sources = [(own, variant.name)] + runs.get(run_name(recipe, variant), [])
+      views = {variant.name: 1.0}
+    else:
+      sources = [(own, None)]
+      views = {f"{variant.name} [{t}]": 0.0 if t == "non-adaptive" else
+               (float(eot_samples) if variant.defense.strip().lower().startswith("resize")
+                else 1.0) for t in defenses.THREAT_MODELS}
+    grads = 0.0
+    for view, factor in views.items():
+      for attack in attacks:
+        done = max(count(rows, name or view, "attack", attack) for rows, name in sources)
+        grads += factor * per_image.get(attack, steps) * max(images * len(eps) - done, 0)
+    if clever and variant.defense == "none":
+      done = max(count(rows, name, "clever") for rows, name in sources)
+      grads += clever_samples * max(set5 - done, 0)
+    out[variant.name] = grads
+  return out
+
+
+def estimate_seconds(suite, recipe, *, runs_root, seconds_per_step=None, seconds_per_grad=None,
+                     **evaluation_settings):
+  """Rough time of what is left of a suite (one process).
+
+  Returns:
+    (seconds, training steps left, input gradients left): steps x
+    ``seconds_per_step`` + ``remaining_gradients(...)`` x ``seconds_per_grad``;
+    ``evaluation_settings`` are ``remaining_gradients``'s keyword arguments.
+  """
+  remaining, seen = 0, set()
   for _, config, status in plan(suite, recipe, runs_root):
-    if status != "trained":
+    if status != "trained" and config.run_dir not in seen:  # variants may share a run
       remaining += config.steps - _latest_step(config.run_dir)
-  images = 5 + attack_images
-  grads = len(suite.variants) * images * len(eps) * (steps + fda_steps * 1.5)
-  if clever:
-    grads += len(suite.variants) * 5 * clever_samples
+    seen.add(config.run_dir)
+  grads = sum(remaining_gradients(suite, recipe, runs_root=runs_root,
+                                  **evaluation_settings).values())
   return remaining * (seconds_per_step or 0.0) + grads * (seconds_per_grad or 0.0), remaining, grads
 
 
@@ -782,12 +856,16 @@ def main(argv):
       print(f"  {variant.name:28s} {config.run_dir:45s} {status}")
     step_time, grad_time = measure_step_and_gradient(recipe)
     total, remaining, grads = estimate_seconds(
-        suite, recipe, runs_root=FLAGS.runs_root, attack_images=FLAGS.attack_images, eps=eps,
-        steps=FLAGS.attack_steps, clever=FLAGS.clever, clever_samples=FLAGS.clever_samples,
-        seconds_per_step=step_time, seconds_per_grad=grad_time)
+        suite, recipe, runs_root=FLAGS.runs_root, seconds_per_step=step_time,
+        seconds_per_grad=grad_time, output_dir=FLAGS.output_dir,
+        attack_datasets=FLAGS.attack_datasets, attack_images=FLAGS.attack_images,
+        attacks=FLAGS.attacks, eps=eps, steps=FLAGS.attack_steps, clever=FLAGS.clever,
+        clever_samples=FLAGS.clever_samples, eot_samples=FLAGS.eot_samples,
+        max_images=FLAGS.max_images)
     print(f"Estimated on this machine: {remaining} training steps x {step_time:.2f} s + "
           f"~{grads:.0f} input gradients x {grad_time:.3f} s = {total / 3600:.1f} h "
-          "(one process; gradients measured on a 120x80 LR image).")
+          "(one process; what is left: finished and shared cells are not counted; "
+          "gradients measured on a 120x80 LR image).")
     return
   result = run_suite(
       suite, recipe, output_dir=FLAGS.output_dir, runs_root=FLAGS.runs_root,
