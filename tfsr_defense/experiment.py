@@ -674,20 +674,22 @@ def write_suite_report(suite, suite_dir, recipe=None):
   return table
 
 
-def remaining_gradients(suite, recipe, *, output_dir, runs_root, attack_datasets=("set5", "bsd100"),
-                        attack_images=20, attacks=("fda", "ifgsm"), eps=evaluation.DEFAULT_EPS,
-                        steps=50, clever=True, clever_samples=1024, eot_samples=8, fda_steps=10,
+def remaining_gradients(suite, recipe, *, output_dir, runs_root,
+                        attack_datasets=("set5", "bsd100"), attack_images=20,
+                        attacks=("fda", "ifgsm"), eps=evaluation.DEFAULT_EPS, steps=50,
+                        clever=True, clever_samples=1024, eot_samples=8, fda_steps=10,
                         max_images=None):
   """Input gradients the evaluation of each variant still needs (an estimate for planning).
 
   Counts the attack and CLEVER cells missing from the variant's report, taking
   as done the cells of the same training run in another suite's report under
   ``output_dir`` made with the same recipe (``share_evaluation`` copies them;
-  the weights and evaluation settings are not compared here). An I-FGSM cell costs ``steps`` gradients, an FDA cell about
-  1.5 x ``fda_steps`` (its many feature maps), CLEVER ``clever_samples`` per
-  Set5 image (undefended variants only). Behind a defense the non-adaptive view
-  costs nothing (it reuses the bare network's cached attacks) and the adaptive
-  one through random resizing ``eot_samples`` times as much.
+  the weights and evaluation settings are not compared here). An I-FGSM cell
+  costs ``steps`` gradients, an FDA cell about 1.5 x ``fda_steps`` (its many
+  feature maps), CLEVER ``clever_samples`` per Set5 image (undefended variants
+  only). Behind a defense the non-adaptive view costs nothing (it reuses the
+  bare network's cached attacks) and the adaptive one through random resizing
+  ``eot_samples`` times as much.
 
   Returns:
     dict variant name -> gradients (float), in the suite's order.
@@ -703,7 +705,7 @@ def remaining_gradients(suite, recipe, *, output_dir, runs_root, attack_datasets
     images += n if max_images is None else min(n, max_images)
   set5 = 5 if max_images is None else min(5, max_images)
   ours = _sharing_record(dict(recipe=_recipe_record(recipe)))["recipe"]
-  runs = {}  # training run name -> [(rows, report name)]: undefended variants of same-recipe suites
+  runs = {}  # run name -> [(rows, report name)]: undefended variants of same-recipe suites
   for other in sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else ():
     path = os.path.join(output_dir, other, SUITE_FILE)
     if not os.path.isfile(path):
