@@ -18,9 +18,11 @@ default), and it is what dominates their evaluation cost (the gradient costs
 k times the bare network's): this measurement decides whether fewer draws
 give the same attack.
 
-Prints, per eps, the mean SR-PSNR (dB, between the defended outputs of the
-clean and the attacked LR image; lower = stronger attack) over the images, and
-per k the seconds of the attacks.
+Prints, per eps, the means over the images of the SR-PSNR (dB, between the
+defended outputs of the clean and the attacked LR image, each a fresh draw of
+the defense; lower = stronger attack) and of the attacked output's PSNR-Y
+against HR (dB; no draw-to-draw floor), the clean PSNR-Y, and per k the
+seconds of the attacks.
 """
 
 import os
@@ -74,16 +76,22 @@ def main(argv):
   summary = reports.summarize(reports.read_rows(FLAGS.report_dir))
   table = {}
   for s in summary:
-    if s["kind"] == "attack" and s["steps"] == FLAGS.steps:
-      table.setdefault(s["model"].split(" [")[0], {})[s["eps_255"]] = s["sr_psnr"]
-  print(f"mean SR-PSNR (dB) over {len(pairs)} images; seconds of the attacks computed in "
-        "this run")
-  print("k".ljust(16) + "".join(f"{e + '/255':>10}" for e in FLAGS.eps) + "   seconds")
+    label = s["model"].split(" [")[0]
+    if s["kind"] == "clean":
+      table.setdefault(label, {})["clean"] = s["psnr_y"]
+    elif s["kind"] == "attack" and s["steps"] == FLAGS.steps:
+      table.setdefault(label, {})[s["eps_255"]] = (s["sr_psnr"], s["adv_psnr_y"])
+  print(f"means over {len(pairs)} images: SR-PSNR (dB, defended S(x) vs S(x~), each call a "
+        "fresh draw) | PSNR-Y of S(x~) vs HR (dB; clean: S(x) vs HR); seconds of the attacks "
+        "computed in this run")
+  print("k".ljust(16) + "".join(f"{e + '/255':>16}" for e in FLAGS.eps) + f"{'clean':>8}"
+        + "   seconds")
+  nan = (float("nan"), float("nan"))
   for label, (secs, computed) in seconds.items():
-    cells = "".join(f"{table.get(label, {}).get(float(e), float('nan')):>10.2f}"
-                    for e in FLAGS.eps)
+    row = table.get(label, {})
+    cells = "".join("{:>8.2f} |{:>6.2f}".format(*row.get(float(e), nan)) for e in FLAGS.eps)
     note = f"{secs:9.0f}" if computed else "   (resumed: none computed now)"
-    print(f"{label:16s}{cells}   {note}", flush=True)
+    print(f"{label:16s}{cells}{row.get('clean', float('nan')):>8.2f}   {note}", flush=True)
   print(f"report: {os.path.abspath(FLAGS.report_dir)}")
 
 
