@@ -95,6 +95,7 @@ def test_tiny_suite_end_to_end_and_resume(data_dir, tmp_path):
     assert json.load(f)["step"] == 4  # resumed to the end
   md = open(os.path.join(suite_dir, experiment.TABLE_FILE), encoding="utf-8").read()
   assert "| plain |" in md and "| ER |" in md and "fda (relu)/set5/4" in md
+  assert "against HR" not in md  # only suites with pre-processing variants get that table
   # The paper's BSD100 numbers beside ours (this smoke run has no BSD100: '–').
   assert "| plain | clean PSNR-Y, BSD100 (dB) | 27.54 | – | – |" in md
   assert "| ER | FDA 4/255 SR-PSNR, BSD100 (dB) | 41.03 | – | – |" in md
@@ -236,6 +237,13 @@ def test_clever_only_for_undefended_variants(data_dir, tmp_path):
                    ("ER + JPEG 75 [non-adaptive]", "clean"),
                    ("ER + JPEG 75 [non-adaptive]", "attack"),
                    ("ER + JPEG 75 [adaptive]", "clean"), ("ER + JPEG 75 [adaptive]", "attack")}
+  # suite.md: a second table of the attacked outputs' PSNR-Y against HR (one image: its value).
+  md = open(os.path.join(result["suite_dir"], experiment.TABLE_FILE), encoding="utf-8").read()
+  hr_part = md.split("The attacked output against HR")[1]
+  for r in rows:
+    if r["kind"] == "attack":
+      assert f"| {r['model']} | {r['adv_psnr_y']:.2f} |" in hr_part
+      assert f"| {r['model']} | {r['sr_psnr']:.2f} |" not in hr_part
 
 
 def test_eot_draws_are_a_recorded_setting_of_suites_with_defenses(data_dir, tmp_path):

@@ -577,23 +577,37 @@ def _report_names(suite, summary):
   return names
 
 
-def suite_table(suite, summary):
-  """One row per variant (and threat model): clean PSNR-Y per dataset, SR-PSNR per attack and
-  eps, CLEVER on Set5."""
+def suite_table(suite, summary, metric="sr_psnr", clean=True):
+  """One row per variant (and threat model): clean PSNR-Y per dataset and CLEVER on Set5
+  (``clean``), and per attack and eps the mean of ``metric`` ('sr_psnr': SR-PSNR, dB;
+  'adv_psnr_y': the attacked output's PSNR-Y against HR, dB)."""
   rows = []
   for name in _report_names(suite, summary):
     row = dict(variant=name)
     for s in summary:
       if s["model"] != name:
         continue
-      if s["kind"] == "clean":
+      if s["kind"] == "clean" and clean:
         row[f"psnr_y/{s['dataset']}"] = s["psnr_y"]
-      elif s["kind"] == "clever" and s["dataset"] == "set5":
+      elif s["kind"] == "clever" and s["dataset"] == "set5" and clean:
         row["clever/set5"] = s["clever"]
       elif s["kind"] == "attack":
-        row[f"{reports.attack_label(s)}/{s['dataset']}/{s['eps_255']:g}"] = s["sr_psnr"]
+        row[f"{reports.attack_label(s)}/{s['dataset']}/{s['eps_255']:g}"] = s[metric]
     rows.append(row)
   return rows
+
+
+def _markdown_table(table):
+  """Markdown lines of ``suite_table`` rows: clean PSNR columns first, then by name, set, eps."""
+  columns = sorted({k for r in table for k in r if k != "variant"},
+                   key=lambda k: (k.split("/")[0] != "psnr_y", k.split("/")[0],
+                                  k.split("/")[1] if "/" in k else "",
+                                  float(k.split("/")[2]) if k.count("/") == 2 else 0.0))
+  lines = ["| variant | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+  for r in table:
+    lines.append(f"| {r['variant']} | " + " | ".join(
+        "–" if r.get(c) is None else f"{r[c]:.2f}" for c in columns) + " |")
+  return lines
 
 
 # The numbers the paper states for EDSR x4 on BSD100 (Choi et al., ACCV 2020: its lambda
@@ -646,20 +660,17 @@ def write_suite_report(suite, suite_dir, recipe=None):
                       "".join(fileio.json_text(r) + "\n" for r in rows))
   summary = reports.write_reports(suite_dir)
   table = suite_table(suite, summary)
-  columns = sorted({k for r in table for k in r if k != "variant"},
-                   key=lambda k: (k.split("/")[0] != "psnr_y", k.split("/")[0],
-                                  k.split("/")[1] if "/" in k else "",
-                                  float(k.split("/")[2]) if k.count("/") == 2 else 0.0))
   lines = [f"# Suite '{suite.name}' (Choi et al., ACCV 2020, {suite.paper})", "",
            "psnr_y/<set>: clean PSNR-Y (dB; S(x) vs HR, Y, shave = scale, peak 255). "
            "<attack>/<set>/<eps>: mean SR-PSNR (dB; S(x) vs S(x~), Y, shave = scale, peak 255) "
            "at eps/255. clever/set5: mean CLEVER (paper eq. 15). Settings and per-image rows: "
-           f"{reports.MARKDOWN_FILE}, {reports.ROWS_CSV}.", "",
-           "| variant | " + " | ".join(columns) + " |",
-           "|---|" + "---|" * len(columns)]
-  for r in table:
-    lines.append(f"| {r['variant']} | " + " | ".join(
-        "–" if r.get(c) is None else f"{r[c]:.2f}" for c in columns) + " |")
+           f"{reports.MARKDOWN_FILE}, {reports.ROWS_CSV}.", ""] + _markdown_table(table)
+  if any(v.defense != "none" for v in suite.variants):
+    lines += ["", "The attacked output against HR: <attack>/<set>/<eps>: mean PSNR-Y (dB; S(x~) "
+              "vs HR, Y, shave = scale, peak 255); compare with psnr_y/<set> above. Behind a "
+              "random defense SR-PSNR compares two independent draws and stays finite even "
+              "unattacked; this has no such floor.", ""]
+    lines += _markdown_table(suite_table(suite, summary, metric="adv_psnr_y", clean=False))
   comparison = paper_comparison(suite, recipe, table) if recipe is not None else []
   if comparison:
     lines += ["", "The paper's numbers beside ours (paper: EDSR x4 with its full DIV2K recipe, "
