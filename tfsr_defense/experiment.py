@@ -415,16 +415,10 @@ def share_evaluation(output_dir, suite, variant, recipe, eval_settings, fingerpr
   record = _sharing_record(dict(recipe=_recipe_record(recipe), evaluation=eval_settings))
   have = {r.get("cell") for r in reports.read_rows(ours)}
   copied = 0
-  for other in sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else ():
-    path = os.path.join(output_dir, other, SUITE_FILE)
-    if not os.path.isfile(path):
-      continue
-    with open(path, encoding="utf-8") as f:
-      saved = json.load(f)
+  for other, saved, their_variants in _suite_records(output_dir):
     if _sharing_record(saved) != record:
       continue
-    for v in saved.get("variants", ()):
-      theirs = Variant(v["name"], tuple(tuple(t) for t in v["train"]), v["defense"])
+    for theirs in their_variants:
       if theirs.defense != "none" or run_name(recipe, theirs) != target or (
           other == suite.name and theirs.name == variant.name):
         continue
@@ -445,6 +439,20 @@ def share_evaluation(output_dir, suite, variant, recipe, eval_settings, fingerpr
         have.add(cell)
         copied += 1
   return copied
+
+
+def _suite_records(output_dir):
+  """[(suite directory name, its suite.json record, its Variants)] of the suites under
+  ``output_dir``, by name."""
+  out = []
+  for other in sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else ():
+    path = os.path.join(output_dir, other, SUITE_FILE)
+    if os.path.isfile(path):
+      with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+      out.append((other, saved, [Variant(v["name"], tuple(tuple(t) for t in v["train"]),
+                                         v["defense"]) for v in saved.get("variants", ())]))
+  return out
 
 
 def _sharing_record(record):
@@ -720,16 +728,10 @@ def remaining_gradients(suite, recipe, *, output_dir, runs_root,
   set5 = 5 if max_images is None else min(5, max_images)
   ours = _sharing_record(dict(recipe=_recipe_record(recipe)))["recipe"]
   runs = {}  # run name -> [(rows, report name)]: undefended variants of same-recipe suites
-  for other in sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else ():
-    path = os.path.join(output_dir, other, SUITE_FILE)
-    if not os.path.isfile(path):
-      continue
-    with open(path, encoding="utf-8") as f:
-      saved = json.load(f)
+  for other, saved, their_variants in _suite_records(output_dir):
     if saved.get("recipe") != ours:
       continue
-    for v in saved.get("variants", ()):
-      theirs = Variant(v["name"], tuple(tuple(t) for t in v["train"]), v["defense"])
+    for theirs in their_variants:
       if theirs.defense == "none":
         rows = reports.read_rows(variant_report_dir(os.path.join(output_dir, other), theirs),
                                  repair=False)
