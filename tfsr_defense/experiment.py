@@ -80,6 +80,11 @@ class Suite:
   paper: str
   variants: tuple
 
+  @property
+  def has_defenses(self):
+    """Whether a variant evaluates its network behind a pre-processing defense."""
+    return any(v.defense != "none" for v in self.variants)
+
 
 def _v(name, defense="none", **train):
   return Variant(name, tuple(sorted(train.items())), defense)
@@ -340,7 +345,7 @@ def run_suite(suite, recipe, *, output_dir=os.path.join("results", "experiments"
                        precision=precision, max_images=max_images)
   if not isinstance(eot_samples, int) or isinstance(eot_samples, bool) or eot_samples < 1:
     raise ValueError(f"eot_samples must be an integer >= 1, got {eot_samples!r}.")
-  if any(v.defense != "none" for v in suite.variants):
+  if suite.has_defenses:
     eval_settings["eot_samples"] = eot_samples
   selected = suite if variants is None else select_variants(suite, variants)
   # Every input is checked before anything is written or trained.
@@ -673,7 +678,7 @@ def write_suite_report(suite, suite_dir, recipe=None):
            "<attack>/<set>/<eps>: mean SR-PSNR (dB; S(x) vs S(x~), Y, shave = scale, peak 255) "
            "at eps/255. clever/set5: mean CLEVER (paper eq. 15). Settings and per-image rows: "
            f"{reports.MARKDOWN_FILE}, {reports.ROWS_CSV}.", ""] + _markdown_table(table)
-  if any(v.defense != "none" for v in suite.variants):
+  if suite.has_defenses:
     lines += ["", "The attacked output against HR: <attack>/<set>/<eps>: mean PSNR-Y (dB; S(x~) "
               "vs HR, Y, shave = scale, peak 255); compare with psnr_y/<set> above. Behind a "
               "random defense SR-PSNR compares two independent draws and stays finite even "
@@ -745,9 +750,9 @@ def remaining_gradients(suite, recipe, *, output_dir, runs_root,
       views = {variant.name: 1.0}
     else:
       sources = [(own, None)]
+      random = isinstance(defenses.parse_defense(variant.defense), defenses.RandomResizePad)
       views = {f"{variant.name} [{t}]": 0.0 if t == "non-adaptive" else
-               (float(eot_samples) if variant.defense.strip().lower().startswith("resize")
-                else 1.0) for t in defenses.THREAT_MODELS}
+               (float(eot_samples) if random else 1.0) for t in defenses.THREAT_MODELS}
     grads = 0.0
     for view, factor in views.items():
       for attack in attacks:
