@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from PIL import Image
 
 from tfsr_defense import defenses, experiment, reports, trainer
 
@@ -99,7 +100,8 @@ def test_tiny_suite_end_to_end_and_resume(data_dir, tmp_path):
   # The paper's BSD100 numbers beside ours (this smoke run has no BSD100: '–').
   assert "| plain | clean PSNR-Y, BSD100 (dB) | 27.54 | – | – |" in md
   assert "| ER | FDA 4/255 SR-PSNR, BSD100 (dB) | 41.03 | – | – |" in md
-  assert os.path.getsize(os.path.join(suite_dir, experiment.FIGURE_FILE)) > 1000
+  with Image.open(os.path.join(suite_dir, experiment.FIGURE_FILE)) as fig:
+    assert fig.height == round(3.8 * 110)  # one row: no suite with a defense, no HR row
   for variant in ("plain", "ER"):
     for name in ("config.json", "flags.txt", "result.json", "model.weights.h5"):
       assert os.path.isfile(os.path.join(suite_dir, "runs", variant, name)), (variant, name)
@@ -244,6 +246,9 @@ def test_clever_only_for_undefended_variants(data_dir, tmp_path):
     if r["kind"] == "attack":
       assert f"| {r['model']} | {r['adv_psnr_y']:.2f} |" in hr_part
       assert f"| {r['model']} | {r['sr_psnr']:.2f} |" not in hr_part
+  # suite.png: a second row of panels, the attacked outputs' PSNR-Y against HR.
+  with Image.open(os.path.join(result["suite_dir"], experiment.FIGURE_FILE)) as fig:
+    assert fig.height == round(2 * 3.8 * 110)
 
 
 def test_eot_draws_are_a_recorded_setting_of_suites_with_defenses(data_dir, tmp_path):

@@ -662,7 +662,9 @@ def write_suite_report(suite, suite_dir, recipe=None):
   The suite directory then holds the merged ``rows.jsonl`` / ``rows.csv``,
   ``summary.*`` (``reports.write_reports``), the one-table ``suite.md`` (with
   ``recipe``, also the paper's numbers beside ours: ``paper_comparison``) and
-  the figure ``suite.png``; each variant's own report (and figures, with
+  the figure ``suite.png`` (suites with a pre-processing variant: also the
+  attacked outputs' PSNR-Y against HR, as a second table and a second row of
+  panels); each variant's own report (and figures, with
   ``plots``) stays in ``variants/<variant>/``.
   """
   rows = []
@@ -697,7 +699,7 @@ def write_suite_report(suite, suite_dir, recipe=None):
   fileio.atomic_write(os.path.join(suite_dir, TABLE_FILE), "\n".join(lines) + "\n")
   from tfsr_defense import plots  # pylint: disable=g-import-not-at-top
   plots.plot_suite(summary, _report_names(suite, summary), os.path.join(suite_dir, FIGURE_FILE),
-                   title=f"{suite.name} ({suite.paper})")
+                   title=f"{suite.name} ({suite.paper})", against_hr=suite.has_defenses)
   return table
 
 

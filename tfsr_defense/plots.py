@@ -29,6 +29,7 @@ __all__ = ["plot_sr_psnr_vs_eps", "plot_lr_vs_sr_psnr", "plot_clever_vs_sr_psnr"
 PLOTS_DIR = "plots"
 _SR_LABEL = "SR-PSNR (dB): S(x) vs S(x~), Y, shave = scale"
 _LR_LABEL = "LR-PSNR (dB): x vs x~, RGB, no shave"
+_HR_LABEL = "PSNR-Y (dB): S(x~) vs HR, Y, shave = scale"
 
 
 def _save(fig, path):
@@ -117,7 +118,7 @@ def plot_clever_vs_sr_psnr(rows, path, dataset, attack, eps_255):
   return _save(fig, path)
 
 
-def plot_suite(summary, variants, path, title=None):
+def plot_suite(summary, variants, path, title=None, against_hr=False):
   """A study's figure (paper Figs. 5-9): SR-PSNR vs eps per variant; CLEVER vs clean PSNR.
 
   Args:
@@ -125,6 +126,10 @@ def plot_suite(summary, variants, path, title=None):
     variants: the variant (model) names, in the suite's order.
     path: output .png.
     title: figure title.
+    against_hr: add a second row: per attack, the attacked output's mean
+      PSNR-Y against HR (dB, Y, shave = scale, peak 255) vs eps, each
+      variant's clean PSNR-Y on that set dashed (for random pre-processing
+      defenses, whose SR-PSNR compares two independent draws).
 
   The attack panels use BSD100 when it was attacked, else Set5; the last panel
   places every variant by its clean PSNR-Y (BSD100 if measured, else Set5) and
@@ -140,24 +145,40 @@ def plot_suite(summary, variants, path, title=None):
   datasets = {s["dataset"] for s in attacked}
   dataset = "bsd100" if "bsd100" in datasets else (sorted(datasets) or ["set5"])[0]
   labels = sorted({reports.attack_label(s) for s in attacked if s["dataset"] == dataset})
-  fig, axes = plt.subplots(1, len(labels) + 1, figsize=(4.6 * (len(labels) + 1), 3.8),
+  rows = 2 if against_hr else 1
+  fig, axes = plt.subplots(rows, len(labels) + 1, figsize=(4.6 * (len(labels) + 1), 3.8 * rows),
                            squeeze=False)
-  axes = axes[0]
-  for ax, label in zip(axes, labels):
-    for name in variants:
-      pts = sorted((s["eps_255"], s["sr_psnr"]) for s in attacked if s["model"] == name
-                   and s["dataset"] == dataset and reports.attack_label(s) == label)
+
+  def curves(ax, label, metric):
+    for i, name in enumerate(variants):
+      pts = sorted((s["eps_255"], s[metric]) for s in attacked if s["model"] == name
+                   and s["dataset"] == dataset and reports.attack_label(s) == label
+                   and s.get(metric) is not None)
       if pts:
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name, color=f"C{i}")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("eps (/255)")
-    ax.set_ylabel(_SR_LABEL, fontsize=7)
-    ax.set_title(f"{label} on {dataset}", fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
+
+  for ax, label in zip(axes[0], labels):
+    curves(ax, label, "sr_psnr")
+    ax.set_ylabel(_SR_LABEL, fontsize=7)
+    ax.set_title(f"{label} on {dataset}", fontsize=9)
+  if against_hr:
+    for ax, label in zip(axes[1], labels):
+      curves(ax, label, "adv_psnr_y")
+      for i, name in enumerate(variants):
+        clean = [s["psnr_y"] for s in mine if s["model"] == name and s["kind"] == "clean"
+                 and s["dataset"] == dataset and s.get("psnr_y") is not None]
+        if clean:
+          ax.axhline(clean[0], color=f"C{i}", linestyle="--", linewidth=0.8)
+      ax.set_ylabel(_HR_LABEL, fontsize=7)
+      ax.set_title(f"{label} on {dataset}: attacked output vs HR (dashed: clean)", fontsize=9)
+    axes[1][-1].axis("off")
   clean_sets = {s["dataset"] for s in mine if s["kind"] == "clean"}
   clean_set = "bsd100" if "bsd100" in clean_sets else "set5"
-  ax = axes[-1]
+  ax = axes[0][-1]
   for name in variants:
     clean = [s["psnr_y"] for s in mine if s["model"] == name and s["kind"] == "clean"
              and s["dataset"] == clean_set and s.get("psnr_y") is not None]
