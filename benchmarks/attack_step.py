@@ -1,5 +1,6 @@
-"""Seconds per I-FGSM step per image (float32 vs mixed_bfloat16), and CLEVER with
-batched vs one-at-a-time gradients, for EDSR-baseline x4 on a 120 x 80 LR image.
+"""Seconds per I-FGSM step per image (float32 vs mixed_bfloat16), one float32 input
+gradient with and without XLA (``jit_compile``), and CLEVER with batched vs
+one-at-a-time gradients, for EDSR-baseline x4 on a 120 x 80 LR image.
 
     python benchmarks/attack_step.py                    # full size: EDSR-baseline, N_s = 1024
     python benchmarks/attack_step.py --num_samples=128  # quicker CLEVER comparison
@@ -8,7 +9,9 @@ batched vs one-at-a-time gradients, for EDSR-baseline x4 on a 120 x 80 LR image.
 
 I-FGSM: the time of a (1 + steps)-step attack minus that of a 1-step attack
 (each the minimum of --repeats timings), divided by steps and by the batch size (so the clean forward pass and the
-start are not counted), after a warm-up call that traces the loop. CLEVER:
+start are not counted), after a warm-up call that traces the loop. XLA: the
+gradient of ||S(x~) - S(x)||_2 in a tf.function with jit_compile False / True
+(mean of --steps calls after two warm-up calls). CLEVER:
 the whole N_s-sample score with ``batch_size`` = --clever_batch vs 1, after a
 warm-up; at N_s = 1024 that is 2 x 1024 input gradients of the full network
 (about 1 s each in float32 on these CPUs: over half an hour). Prints the
@@ -38,6 +41,7 @@ flags.DEFINE_integer("n_feats", 64, "EDSR channels (64: EDSR-baseline).")
 flags.DEFINE_float("entropy_weight", 1.0, "lambda (the regularizer is the identity at inference).")
 flags.DEFINE_integer("num_samples", 1024, "CLEVER N_s (paper: 1024).")
 flags.DEFINE_integer("clever_batch", 16, "CLEVER gradients per call in the batched run.")
+flags.DEFINE_bool("xla", True, "Time one float32 input gradient with and without XLA.")
 flags.DEFINE_bool("clever", True, "Time CLEVER too.")
 FLAGS = flags.FLAGS
 
@@ -55,6 +59,26 @@ def time_ifgsm_step(model, x, steps, prec, repeats):
   one = min(timed(1) for _ in range(repeats))
   many = min(timed(1 + steps) for _ in range(repeats))
   return (many - one) / steps / int(x.shape[0])
+
+
+def time_gradient(model, x, steps, jit_compile):
+  """Seconds per float32 input gradient of ||S(x~) - S(x)||_2 (mean of ``steps`` calls)."""
+  reference = model(x, training=False)
+
+  def gradient(x_adv):
+    with tf.GradientTape() as tape:
+      tape.watch(x_adv)
+      loss = tf.norm(model(x_adv, training=False) - reference)
+    return tape.gradient(loss, x_adv)
+
+  fn = tf.function(gradient, jit_compile=jit_compile)
+  x_adv = x + 1 / 255
+  for _ in range(2):
+    fn(x_adv).numpy()
+  start = time.perf_counter()
+  for _ in range(steps):
+    fn(x_adv).numpy()
+  return (time.perf_counter() - start) / steps
 
 
 def time_clever(model, x, num_samples, batch_size):
@@ -79,6 +103,10 @@ def main(argv):
     note = "" if s > 0 else " (below timer noise: use more --steps)"
     print(f"I-FGSM {prec:15s} {s:.4f} s/step/image (mean of {FLAGS.steps} steps){note}",
           flush=True)
+  if FLAGS.xla:
+    plain, xla = (time_gradient(model, x, FLAGS.steps, jit) for jit in (False, True))
+    print(f"input gradient float32: tf.function {plain:.4f} s, jit_compile=True {xla:.4f} s "
+          f"(XLA's time / tf.function's: {xla / max(plain, 1e-9):.2f})", flush=True)
   if FLAGS.clever:
     image = x[:1]
     batched, score_b = time_clever(model, image, FLAGS.num_samples, FLAGS.clever_batch)

@@ -304,3 +304,15 @@ def test_a_subset_of_variants(data_dir, tmp_path):
   assert experiment.select_variants(TINY, ["ER", "plain"]).variants == TINY.variants
   with pytest.raises(ValueError, match="Unknown variant"):
     experiment.select_variants(TINY, [])
+
+
+def test_suite_figure_keeps_near_equal_variants_near():
+  """The CLEVER-vs-clean panel is at least the given span wide, centred on the points (two
+  variants 0.01 dB apart do not fill the axis); a wider spread gets 10 % padding."""
+  from tfsr_defense import plots  # pylint: disable=g-import-not-at-top
+  limits = []
+  plots._min_span(lambda lo, hi: limits.append((lo, hi)), [26.77, 26.78], 0.5)
+  plots._min_span(lambda lo, hi: limits.append((lo, hi)), [20.0, 30.0], 0.5)
+  (lo, hi), wide = limits
+  assert hi - lo == pytest.approx(0.5) and (lo + hi) / 2 == pytest.approx(26.775)
+  assert wide == pytest.approx((19.0, 31.0))
