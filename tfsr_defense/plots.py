@@ -160,7 +160,8 @@ def plot_suite(summary, variants, path, title=None, against_hr=False):
     ax.set_xscale("log", base=2)
     ax.set_xlabel("eps (/255)")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
+    if not against_hr:  # else one legend for all panels, in the free bottom-right corner
+      ax.legend(fontsize=7)
 
   for ax, label in zip(axes[0], labels):
     curves(ax, label, "sr_psnr")
@@ -177,6 +178,9 @@ def plot_suite(summary, variants, path, title=None, against_hr=False):
       ax.set_ylabel(_HR_LABEL, fontsize=7)
       ax.set_title(f"{label} on {dataset}: attacked output vs HR (dashed: clean)", fontsize=9)
     axes[1][-1].axis("off")
+    handles, names = axes[0][0].get_legend_handles_labels()
+    if handles:
+      axes[1][-1].legend(handles, names, loc="center", fontsize=8)
   clean_sets = {s["dataset"] for s in mine if s["kind"] == "clean"}
   clean_set = "bsd100" if "bsd100" in clean_sets else "set5"
   ax = axes[0][-1]
