@@ -202,6 +202,17 @@ def test_cli_dry_run_and_errors(data_dir, tmp_path):
   assert proc.returncode == 2 and "Traceback" not in proc.stderr
   assert proc.stderr.strip().splitlines()[-1].startswith(
       "tfsr_defense.experiment: error: flag --suite=nope: value should be one of <ablation")
+  # --report_only where the suite never ran: one error naming the missing suite.json.
+  proc = subprocess.run([sys.executable, "-m", "tfsr_defense.experiment", "--suite=lambda",
+                         "--report_only", f"--output_dir={tmp_path / 'none'}"],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+                        check=False)
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1] == (
+      f"tfsr_defense.experiment: error: No suite report to rewrite: "
+      f"{tmp_path / 'none' / 'lambda' / 'suite.json'} does not exist (run --suite=lambda with "
+      "this --output_dir first).")
+  assert not (tmp_path / "none").exists()
 
 
 def test_paper_numbers_sit_beside_ours(data_dir):
@@ -297,13 +308,45 @@ def test_a_subset_of_variants(data_dir, tmp_path):
   result = experiment.run_suite(TINY, recipe, output_dir=out, runs_root=runs, variants=["ER"],
                                 **args)
   assert [r["variant"] for r in result["table"]] == ["ER"]
+  md_path = os.path.join(result["suite_dir"], experiment.TABLE_FILE)
+  with open(md_path, encoding="utf-8") as f:
+    assert "in progress; a listed variant's means are over its cells so far: plain (not " \
+        "evaluated yet)." in f.read()
   assert not os.path.exists(experiment.variant_config(recipe, TINY.variants[0], runs).run_dir)
   result = experiment.run_suite(TINY, recipe, output_dir=out, runs_root=runs,
                                 variants=["plain"], **args)
   assert [r["variant"] for r in result["table"]] == ["plain", "ER"]
+  with open(md_path, encoding="utf-8") as f:
+    finished = f.read()
+  assert "in progress" not in finished
+  # An interrupted evaluation (ER's one clean cell lost; max_images = 1 -> 1 cell per variant):
+  # --report_only lists it, and nothing else changes.
+  er_rows = os.path.join(experiment.variant_report_dir(result["suite_dir"], TINY.variants[1]),
+                         reports.ROWS_FILE)
+  os.remove(er_rows)
+  table = experiment.rewrite_suite_report(TINY, recipe, out)
+  assert [r["variant"] for r in table] == ["plain"]
+  with open(md_path, encoding="utf-8") as f:
+    assert "cells so far: ER (not evaluated yet)." in f.read()
   assert experiment.select_variants(TINY, ["ER", "plain"]).variants == TINY.variants
   with pytest.raises(ValueError, match="Unknown variant"):
     experiment.select_variants(TINY, [])
+
+
+def test_expected_cells_by_hand():
+  """The cells of a finished evaluation with the studies' settings: Set5 / Set14 / BSD100 clean
+  (5 + 14 + 100), Set5 + 20 BSD100 images x 6 eps x 2 attacks (300), CLEVER on Set5 (5) = 424
+  for a bare network; behind a defense two views of 419 and no CLEVER = 838; Set5 cut to 2
+  images by max_images: 2 + 14 + 100 + 22 x 12 + 2 = 382."""
+  settings = dict(clean_datasets=["set5", "set14", "bsd100"], attack_datasets=["set5", "bsd100"],
+                  attack_images=20, attacks=["fda", "ifgsm"], eps_255=[1, 2, 4, 8, 16, 32],
+                  clever=True)
+  sizes = dict(set5=5, set14=14, bsd100=100)
+  pre = experiment.get_suite("preprocessing")
+  cells = experiment.expected_cells(pre, settings, sizes)
+  assert cells["plain + none"] == 424 and cells["ER + JPEG 75"] == 838
+  assert experiment.expected_cells(pre, settings, dict(sizes, set5=2))["ER + none"] == 382
+  assert experiment.expected_cells(pre, dict(settings, clever=False), sizes)["ER + none"] == 419
 
 
 def test_suite_figure_keeps_near_equal_variants_near():

@@ -45,7 +45,7 @@ from tfsr_defense import cli, data, defenses, evaluation, fileio, models, report
 
 __all__ = ["Variant", "Suite", "SUITES", "known_suites", "get_suite", "load_recipe",
            "variant_config", "run_name", "select_variants", "plan", "remaining_gradients",
-           "run_suite", "share_evaluation", "suite_table",
+           "run_suite", "expected_cells", "rewrite_suite_report", "share_evaluation", "suite_table",
            "paper_comparison", "write_suite_report", "PAPER_NUMBERS", "DEFAULT_RECIPE"]
 
 DEFAULT_RECIPE = os.path.join("flags", "experiments", "edsr_x4_study.cfg")
@@ -397,8 +397,68 @@ def run_suite(suite, recipe, *, output_dir=os.path.join("results", "experiments"
         evaluation.evaluate(nets, {"set5": sets["set5"]}, report_dir, attacks=(), clever=True,
                             clever_samples=clever_samples, clever_batch=clever_batch,
                             precision=precision, plots=plots, progress=True)
-  table = write_suite_report(suite, suite_dir, recipe)
+  expected = expected_cells(suite, eval_settings, {k: len(v) for k, v in sets.items()})
+  table = write_suite_report(suite, suite_dir, recipe, expected=expected)
   return dict(suite_dir=suite_dir, table=table, skipped_variants=skipped, busy_variants=busy)
+
+
+def expected_cells(suite, eval_settings, sizes):
+  """The report rows (cells) a finished evaluation of each variant holds.
+
+  Args:
+    suite: Suite.
+    eval_settings: the evaluation settings ``run_suite`` records in ``suite.json``.
+    sizes: images per dataset ({name: count}, after ``max_images``).
+
+  Returns:
+    dict variant name -> cells: per view (the variant, or its non-adaptive and
+    adaptive views behind a defense) one clean cell per image of the clean
+    datasets and one attack cell per attacked image, eps and attack; plus one
+    CLEVER cell per Set5 image for an undefended variant when CLEVER is on.
+  """
+  attacked = sum(sizes[d] if d == "set5" else min(sizes[d], eval_settings["attack_images"])
+                 for d in eval_settings["attack_datasets"])
+  per_view = (sum(sizes[d] for d in eval_settings["clean_datasets"])
+              + attacked * len(eval_settings["eps_255"]) * len(eval_settings["attacks"]))
+  out = {}
+  for variant in suite.variants:
+    views = 1 if variant.defense == "none" else len(defenses.THREAT_MODELS)
+    clever = sizes.get("set5", 0) if eval_settings["clever"] and variant.defense == "none" else 0
+    out[variant.name] = views * per_view + clever
+  return out
+
+
+def rewrite_suite_report(suite, recipe, output_dir=os.path.join("results", "experiments")):
+  """Write ``suite.md`` / ``suite.png`` again from the variants' reports so far; run nothing.
+
+  For a suite in progress (or after changing the report's format): the
+  evaluation settings come from the suite's ``suite.json``, the variants still
+  being evaluated are listed with their cells so far (``expected_cells``).
+
+  Returns:
+    the suite table (``suite_table``).
+
+  Raises:
+    FileNotFoundError: no ``suite.json`` under ``<output_dir>/<suite>`` (the
+      suite never ran there), or a dataset of its settings is missing.
+    ValueError: ``suite.json`` records another suite.
+  """
+  suite_dir = os.path.join(output_dir, suite.name)
+  path = os.path.join(suite_dir, SUITE_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"No suite report to rewrite: {path} does not exist (run "
+                            f"--suite={suite.name} with this --output_dir first).")
+  with open(path, encoding="utf-8") as f:
+    saved = json.load(f)
+  if saved.get("suite") != suite.name:
+    raise ValueError(f"{path} records suite {saved.get('suite')!r}, not {suite.name!r}.")
+  settings = saved["evaluation"]
+  names = dict.fromkeys(settings["clean_datasets"] + settings["attack_datasets"])
+  sizes = {name: len(data.load_pairs(name, recipe.scale, data_dir=recipe.data_dir,
+                                     max_images=settings.get("max_images")))
+           for name in names}
+  return write_suite_report(suite, suite_dir, recipe,
+                            expected=expected_cells(suite, settings, sizes))
 
 
 def share_evaluation(output_dir, suite, variant, recipe, eval_settings, fingerprint):
@@ -656,7 +716,7 @@ def paper_comparison(suite, recipe, table):
   return rows
 
 
-def write_suite_report(suite, suite_dir, recipe=None):
+def write_suite_report(suite, suite_dir, recipe=None, expected=None):
   """Merge the variants' report stores into the suite's; write ``suite.md`` and ``suite.png``.
 
   The suite directory then holds the merged ``rows.jsonl`` / ``rows.csv``,
@@ -665,11 +725,18 @@ def write_suite_report(suite, suite_dir, recipe=None):
   the figure ``suite.png`` (suites with a pre-processing variant: also the
   attacked outputs' PSNR-Y against HR, as a second table and a second row of
   panels); each variant's own report (and figures, with
-  ``plots``) stays in ``variants/<variant>/``.
+  ``plots``) stays in ``variants/<variant>/``. With ``expected``
+  (``expected_cells``) ``suite.md`` lists the variants whose evaluation is
+  not finished, with their cells so far: their means are over those cells.
   """
-  rows = []
+  rows, progress = [], []
   for variant in suite.variants:
-    rows += reports.read_rows(variant_report_dir(suite_dir, variant))
+    own = reports.read_rows(variant_report_dir(suite_dir, variant))
+    rows += own
+    done = len({r.get("cell") for r in own})
+    if expected is not None and done < expected[variant.name]:
+      progress.append(f"{variant.name} ({done} of {expected[variant.name]} cells)"
+                      if done else f"{variant.name} (not evaluated yet)")
   os.makedirs(suite_dir, exist_ok=True)
   fileio.atomic_write(os.path.join(suite_dir, reports.ROWS_FILE),
                       "".join(fileio.json_text(r) + "\n" for r in rows))
@@ -680,6 +747,9 @@ def write_suite_report(suite, suite_dir, recipe=None):
            "<attack>/<set>/<eps>: mean SR-PSNR (dB; S(x) vs S(x~), Y, shave = scale, peak 255) "
            "at eps/255. clever/set5: mean CLEVER (paper eq. 15). Settings and per-image rows: "
            f"{reports.MARKDOWN_FILE}, {reports.ROWS_CSV}.", ""] + _markdown_table(table)
+  if progress:
+    lines += ["", "Evaluation in progress; a listed variant's means are over its cells so far: "
+              + ", ".join(progress) + "."]
   if suite.has_defenses:
     lines += ["", "The attacked output against HR: <attack>/<set>/<eps>: mean PSNR-Y (dB; S(x~) "
               "vs HR, Y, shave = scale, peak 255); compare with psnr_y/<set> above. Behind a "
@@ -860,6 +930,9 @@ flags.DEFINE_bool("train", True, "Train missing variants (false: evaluate traine
                   flag_values=FLAGS)
 flags.DEFINE_bool("dry_run", False, "Print the plan and its estimated time; change nothing.",
                   flag_values=FLAGS)
+flags.DEFINE_bool("report_only", False, "Write the suite's suite.md / suite.png again from "
+                  "its reports so far (settings from its suite.json); train and evaluate "
+                  "nothing.", flag_values=FLAGS)
 flags.mark_flag_as_required("suite", flag_values=FLAGS)
 
 
@@ -873,6 +946,10 @@ def main(argv):
       eps.append(float(v) / 255.0)
     except ValueError:
       raise ValueError(f"--eps takes numbers in units of 1/255; got {v!r}.") from None
+  if FLAGS.report_only:
+    rewrite_suite_report(suite, recipe, FLAGS.output_dir)
+    print(f"Suite report: {os.path.join(FLAGS.output_dir, suite.name, TABLE_FILE)}")
+    return
   if FLAGS.dry_run:
     if FLAGS.variant:
       suite = select_variants(suite, FLAGS.variant)
