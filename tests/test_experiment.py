@@ -195,6 +195,10 @@ def test_cli_dry_run_and_errors(data_dir, tmp_path):
   assert "delta=0.01" in proc.stdout and "edsr_lambda1_delta0.01" in proc.stdout
   assert "edsr_lambda1_delta10" in proc.stdout and "delta=0.1 " not in proc.stdout  # --variant
   assert "new" in proc.stdout and "Estimated on this machine" in proc.stdout
+  # Per variant, nothing evaluated yet: (Set5 5 + BSD100 20 images) x 6 eps x (I-FGSM 50 +
+  # FDA 1.5 x 10 gradients) + CLEVER 5 x 1024 = 9750 + 5120.
+  line = [ln for ln in proc.stdout.splitlines() if "edsr_lambda1_delta10" in ln][0]
+  assert line.endswith("new; ~14,870 input gradients of evaluation left"), line
   assert not runs.exists()  # a dry run changes nothing
   proc = subprocess.run([sys.executable, "-m", "tfsr_defense.experiment", "--suite=nope"],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=120,

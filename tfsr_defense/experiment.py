@@ -955,16 +955,19 @@ def main(argv):
       suite = select_variants(suite, FLAGS.variant)
     print(f"Suite '{suite.name}' ({suite.paper}), recipe {FLAGS.recipe} "
           f"({recipe.steps} steps per variant):")
+    settings = dict(output_dir=FLAGS.output_dir, attack_datasets=FLAGS.attack_datasets,
+                    attack_images=FLAGS.attack_images, attacks=FLAGS.attacks, eps=eps,
+                    steps=FLAGS.attack_steps, clever=FLAGS.clever,
+                    clever_samples=FLAGS.clever_samples, eot_samples=FLAGS.eot_samples,
+                    max_images=FLAGS.max_images)
+    left = remaining_gradients(suite, recipe, runs_root=FLAGS.runs_root, **settings)
     for variant, config, status in plan(suite, recipe, FLAGS.runs_root):
-      print(f"  {variant.name:28s} {config.run_dir:45s} {status}")
+      print(f"  {variant.name:28s} {config.run_dir:45s} {status}; "
+            f"~{left[variant.name]:,.0f} input gradients of evaluation left")
     step_time, grad_time = measure_step_and_gradient(recipe)
     total, remaining, grads = estimate_seconds(
         suite, recipe, runs_root=FLAGS.runs_root, seconds_per_step=step_time,
-        seconds_per_grad=grad_time, output_dir=FLAGS.output_dir,
-        attack_datasets=FLAGS.attack_datasets, attack_images=FLAGS.attack_images,
-        attacks=FLAGS.attacks, eps=eps, steps=FLAGS.attack_steps, clever=FLAGS.clever,
-        clever_samples=FLAGS.clever_samples, eot_samples=FLAGS.eot_samples,
-        max_images=FLAGS.max_images)
+        seconds_per_grad=grad_time, **settings)
     print(f"Estimated on this machine: {remaining} training steps x {step_time:.2f} s + "
           f"~{grads:.0f} input gradients x {grad_time:.3f} s = {total / 3600:.1f} h "
           "(one process; what is left: finished and shared cells are not counted; "
