@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -332,6 +333,19 @@ def test_a_subset_of_variants(data_dir, tmp_path):
   assert [r["variant"] for r in table] == ["plain"]
   with open(md_path, encoding="utf-8") as f:
     assert "cells so far: ER (not evaluated yet)." in f.read()
+  # A damaged suite.json: one error naming the file; the report is left as it was.
+  record = os.path.join(result["suite_dir"], experiment.SUITE_FILE)
+  with open(md_path, encoding="utf-8") as f:
+    before = f.read()
+  for text, problem in (("{\"suite\": \"tiny\",", "is not valid JSON"),
+                        ("[]", "holds no evaluation settings"),
+                        ("{\"suite\": \"x\", \"evaluation\": {}}", "records suite 'x'")):
+    with open(record, "w", encoding="utf-8") as f:
+      f.write(text)
+    with pytest.raises(ValueError, match=f"{re.escape(record)} {problem}"):
+      experiment.rewrite_suite_report(TINY, recipe, out)
+    with open(md_path, encoding="utf-8") as f:
+      assert f.read() == before
   assert experiment.select_variants(TINY, ["ER", "plain"]).variants == TINY.variants
   with pytest.raises(ValueError, match="Unknown variant"):
     experiment.select_variants(TINY, [])

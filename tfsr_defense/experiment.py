@@ -441,15 +441,23 @@ def rewrite_suite_report(suite, recipe, output_dir=os.path.join("results", "expe
   Raises:
     FileNotFoundError: no ``suite.json`` under ``<output_dir>/<suite>`` (the
       suite never ran there), or a dataset of its settings is missing.
-    ValueError: ``suite.json`` records another suite.
+    ValueError: ``suite.json`` is not valid JSON, holds no evaluation
+      settings, or records another suite.
   """
   suite_dir = os.path.join(output_dir, suite.name)
   path = os.path.join(suite_dir, SUITE_FILE)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"No suite report to rewrite: {path} does not exist (run "
                             f"--suite={suite.name} with this --output_dir first).")
-  with open(path, encoding="utf-8") as f:
-    saved = json.load(f)
+  try:
+    with open(path, encoding="utf-8") as f:
+      saved = json.load(f)
+  except ValueError as e:
+    raise ValueError(f"{path} is not valid JSON ({e}); it is the suite's record, written by "
+                     "the runner: restore it or run the suite again.") from None
+  if not isinstance(saved, dict) or not isinstance(saved.get("evaluation"), dict):
+    raise ValueError(f"{path} holds no evaluation settings ('evaluation'); restore it or run "
+                     "the suite again.")
   if saved.get("suite") != suite.name:
     raise ValueError(f"{path} records suite {saved.get('suite')!r}, not {suite.name!r}.")
   settings = saved["evaluation"]
