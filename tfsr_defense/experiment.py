@@ -216,13 +216,22 @@ def _recipe_record(recipe):
   return record
 
 
+def _read_suite_record(path):
+  """The JSON record of ``path`` (a suite's ``suite.json``); ValueError naming it if damaged."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except ValueError as e:
+    raise ValueError(f"{path} is not valid JSON ({e}); it is the suite's record, written by "
+                     "the runner: restore it or run the suite again.") from None
+
+
 def _check_suite_dir(suite_dir, suite, recipe, eval_settings):
   """Refuse a suite directory made with another recipe or evaluation budget; record this one."""
   path = os.path.join(suite_dir, SUITE_FILE)
   record = dict(suite=suite.name, recipe=_recipe_record(recipe), evaluation=eval_settings)
   if os.path.isfile(path):
-    with open(path, encoding="utf-8") as f:
-      saved = json.load(f)
+    saved = _read_suite_record(path)
     diff = {k: (saved.get("recipe", {}).get(k), v) for k, v in record["recipe"].items()
             if saved.get("recipe", {}).get(k) != v}
     diff.update({f"evaluation.{k}": (saved.get("evaluation", {}).get(k), v)
@@ -449,12 +458,7 @@ def rewrite_suite_report(suite, recipe, output_dir=os.path.join("results", "expe
   if not os.path.isfile(path):
     raise FileNotFoundError(f"No suite report to rewrite: {path} does not exist (run "
                             f"--suite={suite.name} with this --output_dir first).")
-  try:
-    with open(path, encoding="utf-8") as f:
-      saved = json.load(f)
-  except ValueError as e:
-    raise ValueError(f"{path} is not valid JSON ({e}); it is the suite's record, written by "
-                     "the runner: restore it or run the suite again.") from None
+  saved = _read_suite_record(path)
   if not isinstance(saved, dict) or not isinstance(saved.get("evaluation"), dict):
     raise ValueError(f"{path} holds no evaluation settings ('evaluation'); restore it or run "
                      "the suite again.")
@@ -521,8 +525,7 @@ def _suite_records(output_dir):
   for other in sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else ():
     path = os.path.join(output_dir, other, SUITE_FILE)
     if os.path.isfile(path):
-      with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
+      saved = _read_suite_record(path)
       out.append((other, saved, [Variant(v["name"], tuple(tuple(t) for t in v["train"]),
                                          v["defense"]) for v in saved.get("variants", ())]))
   return out
@@ -846,21 +849,23 @@ def remaining_gradients(suite, recipe, *, output_dir, runs_root,
 
 
 def estimate_seconds(suite, recipe, *, runs_root, seconds_per_step=None, seconds_per_grad=None,
-                     **evaluation_settings):
+                     gradients=None, **evaluation_settings):
   """Rough time of what is left of a suite (one process).
 
   Returns:
     (seconds, training steps left, input gradients left): steps x
     ``seconds_per_step`` + ``remaining_gradients(...)`` x ``seconds_per_grad``;
-    ``evaluation_settings`` are ``remaining_gradients``'s keyword arguments.
+    ``evaluation_settings`` are ``remaining_gradients``'s keyword arguments
+    (``gradients``: its result when the caller already has it).
   """
   remaining, seen = 0, set()
   for _, config, status in plan(suite, recipe, runs_root):
     if status != "trained" and config.run_dir not in seen:  # variants may share a run
       remaining += config.steps - _latest_step(config.run_dir)
     seen.add(config.run_dir)
-  grads = sum(remaining_gradients(suite, recipe, runs_root=runs_root,
-                                  **evaluation_settings).values())
+  if gradients is None:
+    gradients = remaining_gradients(suite, recipe, runs_root=runs_root, **evaluation_settings)
+  grads = sum(gradients.values())
   return remaining * (seconds_per_step or 0.0) + grads * (seconds_per_grad or 0.0), remaining, grads
 
 
@@ -975,7 +980,7 @@ def main(argv):
     step_time, grad_time = measure_step_and_gradient(recipe)
     total, remaining, grads = estimate_seconds(
         suite, recipe, runs_root=FLAGS.runs_root, seconds_per_step=step_time,
-        seconds_per_grad=grad_time, **settings)
+        seconds_per_grad=grad_time, gradients=left)
     print(f"Estimated on this machine: {remaining} training steps x {step_time:.2f} s + "
           f"~{grads:.0f} input gradients x {grad_time:.3f} s = {total / 3600:.1f} h "
           "(one process; what is left: finished and shared cells are not counted; "

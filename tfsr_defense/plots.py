@@ -171,10 +171,9 @@ def plot_suite(summary, variants, path, title=None, against_hr=False):
     for ax, label in zip(axes[1], labels):
       curves(ax, label, "adv_psnr_y")
       for i, name in enumerate(variants):
-        clean = [s["psnr_y"] for s in mine if s["model"] == name and s["kind"] == "clean"
-                 and s["dataset"] == dataset and s.get("psnr_y") is not None]
-        if clean:
-          ax.axhline(clean[0], color=f"C{i}", linestyle="--", linewidth=0.8)
+        clean = _clean_psnr(mine, name, dataset)
+        if clean is not None:
+          ax.axhline(clean, color=f"C{i}", linestyle="--", linewidth=0.8)
       ax.set_ylabel(_HR_LABEL, fontsize=7)
       ax.set_title(f"{label} on {dataset}: attacked output vs HR (dashed: clean)", fontsize=9)
     axes[1][-1].axis("off")
@@ -186,13 +185,12 @@ def plot_suite(summary, variants, path, title=None, against_hr=False):
   ax = axes[0][-1]
   points = []
   for i, name in enumerate(variants):
-    clean = [s["psnr_y"] for s in mine if s["model"] == name and s["kind"] == "clean"
-             and s["dataset"] == clean_set and s.get("psnr_y") is not None]
+    clean = _clean_psnr(mine, name, clean_set)
     score = [s["clever"] for s in mine if s["model"] == name and s["kind"] == "clever"
              and s["dataset"] == "set5" and s.get("clever") is not None]
-    if clean and score:
-      ax.scatter(clean, score, s=30, color=f"C{i}", label=name)
-      points.append((clean[0], score[0]))
+    if clean is not None and score:
+      ax.scatter([clean], score[:1], s=30, color=f"C{i}", label=name)
+      points.append((clean, score[0]))
   if points:  # at least 0.5 dB and 10 % of CLEVER wide: near-equal variants look near
     _min_span(ax.set_xlim, [p[0] for p in points], 0.5)
     _min_span(ax.set_ylim, [p[1] for p in points], 0.1 * max(abs(p[1]) for p in points))
@@ -205,6 +203,12 @@ def plot_suite(summary, variants, path, title=None, against_hr=False):
   if title:
     fig.suptitle(title, fontsize=10)
   return _save(fig, path)
+
+
+def _clean_psnr(summary, model, dataset):
+  """``model``'s mean clean PSNR-Y (dB) on ``dataset`` in ``summary``, or None."""
+  return next((s["psnr_y"] for s in summary if s["model"] == model and s["kind"] == "clean"
+               and s["dataset"] == dataset and s.get("psnr_y") is not None), None)
 
 
 def _min_span(set_lim, values, span):
