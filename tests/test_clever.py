@@ -1,5 +1,8 @@
 """CLEVER for SR (tfsr_defense.clever, paper eq. 15): analytic values, seeds, batching."""
 
+import json
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -133,3 +136,71 @@ def test_non_finite_image_is_refused(edsr):
   x[2, 2, 1] = np.nan
   with pytest.raises(ValueError, match="NaN/inf"):
     clever.clever_sr(edsr, x, num_samples=2)
+
+
+class _Interrupt(Exception):
+  pass
+
+
+def _counting_engine(edsr, fail_at=None):
+  """A GradientEngine whose CLEVER gradient calls are counted (and raise at call ``fail_at``)."""
+  engine = attacks.GradientEngine(edsr)
+  fn = engine.clever_gradients()
+  calls = []
+
+  def counted(*args):
+    calls.append(int(args[2].shape[0]))
+    if fail_at is not None and len(calls) == fail_at:
+      raise _Interrupt()
+    return fn(*args)
+
+  engine.clever_gradients = lambda: counted
+  return engine, calls
+
+
+def test_interrupted_clever_resumes_from_its_last_batch(edsr, tmp_path):
+  x = np.random.default_rng(5).uniform(size=(10, 9, 3)).astype(np.float32)
+  path = str(tmp_path / "partial" / "clever.json")
+  full = clever.clever_sr(edsr, x, num_samples=22, batch_size=5, seed=2)
+  engine, calls = _counting_engine(edsr, fail_at=3)
+  with pytest.raises(_Interrupt):
+    clever.clever_sr(engine, x, num_samples=22, batch_size=5, seed=2, partial_path=path)
+  # Two whole batches (10 samples) were kept before the third call failed.
+  state = json.loads(open(path, encoding="utf-8").read())
+  assert len(state["grad_norms"]) == 10
+  engine, calls = _counting_engine(edsr)
+  resumed = clever.clever_sr(engine, x, num_samples=22, batch_size=5, seed=2, partial_path=path)
+  assert calls == [5, 5, 2]  # samples 10..21 only
+  np.testing.assert_array_equal(resumed.grad_norms, full.grad_norms)
+  assert resumed.score == full.score
+  assert not os.path.exists(path)  # removed once the score is known
+
+
+@pytest.mark.parametrize("change", ["seed", "batch_size", "image", "corrupt"])
+def test_partial_state_of_other_settings_is_not_used(edsr, tmp_path, change):
+  x = np.random.default_rng(6).uniform(size=(8, 8, 3)).astype(np.float32)
+  path = str(tmp_path / "clever.json")
+  engine, _ = _counting_engine(edsr, fail_at=2)
+  with pytest.raises(_Interrupt):
+    clever.clever_sr(engine, x, num_samples=12, batch_size=4, seed=1, partial_path=path)
+  kwargs = dict(num_samples=12, batch_size=4, seed=1)
+  if change == "seed":
+    kwargs["seed"] = 3
+  elif change == "batch_size":
+    kwargs["batch_size"] = 6
+  elif change == "image":
+    x = x.copy()
+    x[0, 0, 0] = 1.0 - x[0, 0, 0]
+  else:
+    with open(path, "w", encoding="utf-8") as f:
+      f.write('{"settings": {"num_samp')
+  engine, calls = _counting_engine(edsr)
+  if change == "corrupt":
+    with pytest.warns(UserWarning, match="unreadable partial state .*clever.json"):
+      result = clever.clever_sr(engine, x, partial_path=path, **kwargs)
+  else:
+    result = clever.clever_sr(engine, x, partial_path=path, **kwargs)
+  assert sum(calls) == 12  # every sample computed again
+  expected = clever.clever_sr(edsr, x, **kwargs)
+  np.testing.assert_array_equal(result.grad_norms, expected.grad_norms)
+  assert not os.path.exists(path)

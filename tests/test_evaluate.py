@@ -401,3 +401,43 @@ def test_summary_keeps_precisions_and_variants_apart():
              for s in reports.summarize(rows)}
   assert summary == {"ifgsm": (31.0, 2), "ifgsm [bf16]": (40.0, 1), "fda (relu)": (20.0, 1),
                      "fda (features)": (25.0, 1)}
+
+
+def test_interrupted_clever_cell_resumes_from_its_partial_state(tmp_path, monkeypatch):
+  """A run stopped inside a CLEVER cell keeps its finished gradient batches under
+  partial/; the next run computes only the rest and writes the same score."""
+  tf.keras.utils.set_random_seed(8)
+  net = models.build_model("edsr", 2, entropy_weight=0, n_resblocks=1, n_feats=8)
+  lr = (np.random.default_rng(4).uniform(size=(10, 10, 3)) * 255).astype(np.uint8)
+  pairs = {"noise": [data.ImagePair("n0", lr, np.repeat(np.repeat(lr, 2, 0), 2, 1))]}
+  options = dict(attacks=[], clever=True, clever_samples=12, clever_batch=4, plots=False)
+  evaluation.evaluate({"tiny": net}, pairs, str(tmp_path / "whole"), **options)
+  calls, fail_at = [], [2]
+  real = attacks.GradientEngine.clever_gradients
+
+  def interrupting(engine):
+    fn = real(engine)
+
+    def counted(*args):
+      calls.append(int(args[2].shape[0]))
+      if len(calls) == fail_at[0]:
+        raise KeyboardInterrupt  # as a user's Ctrl-C or a killed session
+      return fn(*args)
+    return counted
+
+  monkeypatch.setattr(attacks.GradientEngine, "clever_gradients", interrupting)
+  report = tmp_path / "resumed"
+  with pytest.raises(KeyboardInterrupt):
+    evaluation.evaluate({"tiny": net}, pairs, str(report), **options)
+  [partial] = (report / evaluation.PARTIAL_DIR).glob("clever__*.json")
+  assert len(json.loads(partial.read_text())["grad_norms"]) == 4
+  cell = next(r["cell"] for r in reports.read_rows(tmp_path / "whole") if r["kind"] == "clever")
+  assert str(partial) == evaluation.clever_partial_path(str(report), cell)
+  calls.clear()
+  fail_at[0] = None
+  evaluation.evaluate({"tiny": net}, pairs, str(report), **options)
+  assert calls == [4, 4]  # samples 4..11 only
+  assert not partial.exists()
+  [whole] = [r for r in reports.read_rows(tmp_path / "whole") if r["kind"] == "clever"]
+  [resumed] = [r for r in reports.read_rows(report) if r["kind"] == "clever"]
+  assert resumed["clever"] == whole["clever"] and resumed["cell"] == whole["cell"]

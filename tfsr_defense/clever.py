@@ -21,6 +21,9 @@ maximum (scipy.stats.weibull_max).
 """
 
 import dataclasses
+import hashlib
+import json
+import os
 import sys
 import warnings
 from typing import Optional
@@ -30,6 +33,7 @@ import scipy.stats
 import tensorflow as tf
 import tqdm
 
+from tfsr_defense import fileio
 from tfsr_defense.attacks import engine as engine_lib
 
 __all__ = ["CleverResult", "clever_sr", "sample_perturbations", "compile_gradient_norms",
@@ -131,9 +135,32 @@ def _weibull_fit(grad_norms, groups):
               groups=groups)
 
 
+def _read_partial(path, settings, batch_size):
+  """The gradient norms kept at ``path`` for exactly ``settings`` (list of floats), else [].
+
+  Only whole batches count; a file written for other settings or another
+  image is ignored, and one that cannot be read is ignored with a warning
+  that names it (it is overwritten by the next batch).
+  """
+  if path is None or not os.path.isfile(path):
+    return []
+  try:
+    with open(path, encoding="utf-8") as f:
+      state = json.load(f)
+    norms = [float("nan") if v is None else float(v) for v in state["grad_norms"]]
+    same = state["settings"] == settings
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    warnings.warn(f"CLEVER: ignoring the unreadable partial state {path} ({e}); starting over.")
+    return []
+  whole = len(norms) % batch_size == 0 or len(norms) == settings["num_samples"]
+  if not same or not whole or len(norms) > settings["num_samples"]:
+    return []
+  return norms
+
+
 def clever_sr(model, x, *, num_samples=DEFAULT_SAMPLES, alpha=DEFAULT_ALPHA,
               batch_size=DEFAULT_BATCH, seed=0, clip=False, weibull=False, weibull_groups=None,
-              progress=False):
+              progress=False, partial_path=None):
   """CLEVER score of an SR network at one LR image (paper eq. 15).
 
   Args:
@@ -154,6 +181,12 @@ def clever_sr(model, x, *, num_samples=DEFAULT_SAMPLES, alpha=DEFAULT_ALPHA,
     weibull_groups: number of groups (2 <= groups <= num_samples); None:
       min(32, max(2, num_samples // 8)) (32 groups of 32 samples for N_s = 1024).
     progress: tqdm bar over the gradient batches (stdout, transient).
+    partial_path: None, or a JSON file that keeps the gradient norms computed
+      so far (rewritten atomically after every batch): a call with the same
+      image, settings and batch size resumes after its last finished batch,
+      with the same result as an uninterrupted one. The file is removed when
+      the score is computed. The caller names it per model (the file records
+      the image and settings, not the network).
 
   Returns:
     CleverResult.
@@ -180,14 +213,24 @@ def clever_sr(model, x, *, num_samples=DEFAULT_SAMPLES, alpha=DEFAULT_ALPHA,
   fn = engine.clever_gradients()
   sr_clean = engine.sr(images)
   num_samples, batch_size = int(num_samples), int(batch_size)
-  norms = []
-  starts = range(0, num_samples, batch_size)
+  image = np.ascontiguousarray(images.numpy(), np.float32)
+  settings = dict(num_samples=num_samples, alpha=float(alpha), seed=int(seed), clip=bool(clip),
+                  batch_size=batch_size, image_shape=list(image.shape),
+                  image_sha256=hashlib.sha256(image.tobytes()).hexdigest())
+  norms = _read_partial(partial_path, settings, batch_size)
+  starts = range(len(norms), num_samples, batch_size)
   for start in tqdm.tqdm(starts, desc="CLEVER", unit="batch", leave=False, file=sys.stdout,
                          disable=not progress):
     idx = tf.range(start, min(start + batch_size, num_samples), dtype=tf.int64)
-    norms.append(fn(images, sr_clean, idx, tf.constant(alpha, tf.float32),
-                    tf.constant(seed, tf.int64), tf.constant(bool(clip))).numpy())
-  norms = np.concatenate(norms).astype(np.float64)
+    norms.extend(fn(images, sr_clean, idx, tf.constant(alpha, tf.float32),
+                    tf.constant(seed, tf.int64), tf.constant(bool(clip))).numpy().tolist())
+    if partial_path is not None:
+      os.makedirs(os.path.dirname(partial_path) or ".", exist_ok=True)
+      fileio.atomic_write(partial_path, fileio.json_text(
+          dict(settings=settings, grad_norms=norms)))
+  norms = np.asarray(norms, np.float64)
+  if partial_path is not None and os.path.isfile(partial_path):
+    os.remove(partial_path)
   result = CleverResult(score=float(norms.max()), grad_norms=norms, num_samples=num_samples,
                         alpha=float(alpha), seed=int(seed))
   if weibull:

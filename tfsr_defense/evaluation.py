@@ -13,7 +13,9 @@ and image:
 Every finished cell is appended at once to the report store
 (``reports.py``: ``<report_dir>/rows.jsonl``), keyed by the model's weights
 fingerprint and by every setting that changes its numbers; a re-run on the
-same directory skips the cells found there, so an interrupted run resumes.
+same directory skips the cells found there, so an interrupted run resumes
+(a CLEVER cell from its last finished gradient batch, kept under
+``<report_dir>/partial/``).
 A report name whose rows came from other weights is refused. After every
 image the CSV / JSON / Markdown reports are rewritten from the store.
 
@@ -39,7 +41,8 @@ from tfsr_defense import clever as clever_lib
 from tfsr_defense import data, metrics, reports
 from tfsr_defense.serving import SRModel
 
-__all__ = ["DEFAULT_EPS", "FDA_LAYERS", "IFGSM_TARGETS", "check_request", "evaluate"]
+__all__ = ["DEFAULT_EPS", "FDA_LAYERS", "IFGSM_TARGETS", "PARTIAL_DIR", "check_request",
+           "evaluate", "clever_partial_path"]
 
 # The paper's attack strengths, [0, 1] units.
 DEFAULT_EPS = tuple(k / 255.0 for k in (1, 2, 4, 8, 16, 32))
@@ -47,6 +50,8 @@ DEFAULT_EPS = tuple(k / 255.0 for k in (1, 2, 4, 8, 16, 32))
 FDA_LAYERS = ("relu", "features")
 # What I-FGSM pushes S(x~) away from.
 IFGSM_TARGETS = ("clean_sr", "hr")
+# Under a report directory: the state of unfinished CLEVER cells.
+PARTIAL_DIR = "partial"
 
 
 def _eps_255(eps):
@@ -290,6 +295,17 @@ def _cached_attack(adversarial_dir, m, ds_name, image, key, x, compute):
   return x_adv
 
 
+def clever_partial_path(report_dir, cell):
+  """Where an unfinished CLEVER cell keeps its gradient norms (``clever.clever_sr``'s partial_path).
+
+  ``report_dir/partial/clever__<digest of the cell key>.json``: the key names
+  the dataset, image, model, weights fingerprint and settings, so a resumed
+  run picks up only its own cell. Removed when the cell's row is written.
+  """
+  digest = hashlib.sha256(cell.encode()).hexdigest()[:16]
+  return os.path.join(report_dir, PARTIAL_DIR, f"clever__{digest}.json")
+
+
 class _LazyEngine:
   """The model's GradientEngine, made when the first attack or CLEVER cell needs it."""
 
@@ -379,7 +395,8 @@ def _evaluate_image(m, engine, ds_name, pair, report_dir, done, *, attacks, eps,
         bar.set_postfix_str(f"{m.name} {pair.name} CLEVER")
       result = clever_lib.clever_sr(engine.get(), x, num_samples=clever_samples,
                                     alpha=clever_alpha, batch_size=clever_batch, seed=seed,
-                                    weibull=clever_weibull, progress=progress)
+                                    weibull=clever_weibull, progress=progress,
+                                    partial_path=clever_partial_path(report_dir, cell))
       row.update(clever=result.score, clever_weibull=result.weibull_loc,
                  num_samples=clever_samples, eps=clever_alpha, eps_255=_eps_255(clever_alpha),
                  seed=seed, precision=precision)
