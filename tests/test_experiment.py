@@ -29,6 +29,22 @@ def test_every_study_of_the_paper_is_a_suite():
     experiment.get_suite("lamda")
 
 
+def test_every_baseline_is_an_undefended_variant_of_its_suite():
+  expected = {"ablation": "none", "lambda": "lambda=0", "delta": "delta=1",
+              "target_layer": "pre-upsampler, lambda=1", "adversarial": "plain",
+              "preprocessing": "plain + none"}
+  for suite in experiment.SUITES.values():
+    variants = {v.name: v for v in suite.variants}
+    compared = [v for v in suite.variants if v.baseline]
+    assert len(compared) == len(suite.variants) - len({v.baseline for v in compared})
+    for v in compared:
+      assert variants[v.baseline].defense == "none" and not variants[v.baseline].baseline
+      if suite.name == "networks":  # each network's ER against its own plain training
+        assert v.baseline == v.name.replace(" ER", " plain")
+      else:
+        assert v.baseline == expected[suite.name]
+
+
 def test_recipe_and_shared_run_names(data_dir):
   recipe = experiment.load_recipe(os.path.join(REPO, experiment.DEFAULT_RECIPE),
                                   data_dir=data_dir)
@@ -65,7 +81,7 @@ def _tiny_recipe(data_dir, steps=4):
 
 TINY = experiment.Suite("tiny", "test", (
     experiment.Variant("plain", (("entropy_weight", 0.0),)),
-    experiment.Variant("ER", (("entropy_weight", 1.0),))))
+    experiment.Variant("ER", (("entropy_weight", 1.0),), baseline="plain")))
 
 RUN_ARGS = dict(clean_datasets=("set5",), attack_datasets=("set5",), attacks=("fda", "ifgsm"),
                 eps=(4 / 255,), steps=2, clever=True, clever_samples=4, clever_batch=2,
@@ -98,6 +114,11 @@ def test_tiny_suite_end_to_end_and_resume(data_dir, tmp_path):
   md = open(os.path.join(suite_dir, experiment.TABLE_FILE), encoding="utf-8").read()
   assert "| plain |" in md and "| ER |" in md and "fda (relu)/set5/4" in md
   assert "against HR" not in md  # only suites with pre-processing variants get that table
+  # ER against plain image by image: clean PSNR per set, CLEVER, each attack (2 images each).
+  assert "Paired differences, variant − baseline" in md
+  assert re.search(r"\| ER \| plain \| [+-]\d+\.\d\d ± \d+\.\d\d \([012]/2\) \| "
+                   r"[+-]\d+\.\d ± \d+\.\d \([012]/2\) \|", md)
+  assert re.search(r"\| ER \| plain \| ifgsm \| set5 \| [+-]\d+\.\d\d ± ", md)
   # The paper's BSD100 numbers beside ours (this smoke run has no BSD100: '–').
   assert "| plain | clean PSNR-Y, BSD100 (dB) | 27.54 | – | – |" in md
   assert "| ER | FDA 4/255 SR-PSNR, BSD100 (dB) | 41.03 | – | – |" in md
@@ -244,7 +265,7 @@ def test_clever_only_for_undefended_variants(data_dir, tmp_path):
   no CLEVER (its SR network's is the undefended variant's)."""
   suite = experiment.Suite("pre", "test", (
       experiment.Variant("ER + none", (("entropy_weight", 1.0),)),
-      experiment.Variant("ER + JPEG 75", (("entropy_weight", 1.0),), "jpeg:75")))
+      experiment.Variant("ER + JPEG 75", (("entropy_weight", 1.0),), "jpeg:75", "ER + none")))
   recipe = _tiny_recipe(data_dir, steps=2)
   args = dict(RUN_ARGS, attacks=("ifgsm",), max_images=1)
   result = experiment.run_suite(suite, recipe, output_dir=str(tmp_path / "results"),
@@ -262,6 +283,17 @@ def test_clever_only_for_undefended_variants(data_dir, tmp_path):
     if r["kind"] == "attack":
       assert f"| {r['model']} | {r['adv_psnr_y']:.2f} |" in hr_part
       assert f"| {r['model']} | {r['sr_psnr']:.2f} |" not in hr_part
+  # Paired against the bare network, per threat model: SR-PSNR, then PSNR-Y against HR (one
+  # image: the difference itself).
+  bare = {r["attack"]: r for r in rows if r["kind"] == "attack" and r["model"] == "ER + none"}
+  paired_sr, paired_hr = md.split("Paired differences")[1].split("The same for the attacked")
+  for r in rows:
+    if r["kind"] == "attack" and r["model"] != "ER + none":
+      base = bare[r["attack"]]
+      for part, metric in ((paired_sr, "sr_psnr"), (paired_hr, "adv_psnr_y")):
+        d = r[metric] - base[metric]
+        assert (f"| {r['model']} | ER + none | ifgsm | set5 | {d:+.2f} ({int(d > 0)}/1) |"
+                in part), (metric, r["model"])
   # suite.png: a second row of panels, the attacked outputs' PSNR-Y against HR.
   with Image.open(os.path.join(result["suite_dir"], experiment.FIGURE_FILE)) as fig:
     assert fig.height == round(2 * 3.8 * 110)

@@ -41,12 +41,13 @@ import time
 
 from absl import flags
 
-from tfsr_defense import cli, data, defenses, evaluation, fileio, models, reports, trainer
+from tfsr_defense import (cli, comparison, data, defenses, evaluation, fileio, models, reports,
+                          trainer)
 
 __all__ = ["Variant", "Suite", "SUITES", "known_suites", "get_suite", "load_recipe",
            "variant_config", "run_name", "select_variants", "plan", "remaining_gradients",
            "run_suite", "expected_cells", "rewrite_suite_report", "share_evaluation", "suite_table",
-           "paper_comparison", "write_suite_report", "PAPER_NUMBERS", "DEFAULT_RECIPE"]
+           "paper_comparison", "paired_comparison", "write_suite_report", "PAPER_NUMBERS", "DEFAULT_RECIPE"]
 
 DEFAULT_RECIPE = os.path.join("flags", "experiments", "edsr_x4_study.cfg")
 SUITE_FILE = "suite.json"
@@ -63,10 +64,13 @@ class Variant:
     train: TrainConfig fields it changes from the recipe.
     defense: input pre-processing in front of the trained network at
       evaluation ('none', or a ``defenses.parse_defense`` spec, e.g. 'jpeg:75').
+    baseline: the name of the suite's variant it is compared with image by
+      image in ``suite.md`` (``comparison.paired_differences``); '' for none.
   """
   name: str
   train: tuple = ()   # ((field, value), ...): hashable, ordered
   defense: str = "none"
+  baseline: str = ""
 
   @property
   def overrides(self):
@@ -86,38 +90,45 @@ class Suite:
     return any(v.defense != "none" for v in self.variants)
 
 
-def _v(name, defense="none", **train):
-  return Variant(name, tuple(sorted(train.items())), defense)
+def _v(name, defense="none", baseline="", **train):
+  return Variant(name, tuple(sorted(train.items())), defense, baseline)
 
 
 _PLAIN = dict(entropy_weight=0.0)
 _ER = dict(entropy_weight=1.0)
 
+# Baselines (``Variant.baseline``): the plain network where the suite has one; in the delta
+# study the paper's delta = 1, in the target-layer study the paper's default position.
 SUITES = {s.name: s for s in (
     Suite("ablation", "sec. 5.2, Fig. 5", (
         _v("none", **_PLAIN),
-        _v("PE", entropy_weight=1.0, noise=False),
-        _v("noise", entropy_weight=1.0, estimate_entropy=False),
-        _v("PE+noise", **_ER))),
+        _v("PE", baseline="none", entropy_weight=1.0, noise=False),
+        _v("noise", baseline="none", entropy_weight=1.0, estimate_entropy=False),
+        _v("PE+noise", baseline="none", **_ER))),
     Suite("lambda", "sec. 5.3, Fig. 6", tuple(
-        _v(f"lambda={lam:g}", entropy_weight=lam) for lam in (0.0, 0.1, 1.0, 10.0))),
+        _v(f"lambda={lam:g}", baseline="lambda=0" if lam else "", entropy_weight=lam)
+        for lam in (0.0, 0.1, 1.0, 10.0))),
     Suite("target_layer", "sec. 5.4, Fig. 7", tuple(
-        _v(f"first conv, lambda={lam:g}", entropy_weight=lam, entropy_layer="first")
+        _v(f"first conv, lambda={lam:g}", baseline="pre-upsampler, lambda=1",
+           entropy_weight=lam, entropy_layer="first")
         for lam in (0.1, 1.0, 10.0)) + (_v("pre-upsampler, lambda=1", **_ER),)),
     Suite("delta", "sec. 5.5, Fig. 8", tuple(
-        _v(f"delta={d:g}", entropy_weight=1.0, delta=d) for d in (0.01, 0.1, 1.0, 10.0))),
+        _v(f"delta={d:g}", baseline="delta=1" if d != 1.0 else "", entropy_weight=1.0, delta=d)
+        for d in (0.01, 0.1, 1.0, 10.0))),
     Suite("adversarial", "sec. 5.6, Fig. 9", (
         _v("plain", **_PLAIN),
-        _v("ER", **_ER),
-        _v("Adv", entropy_weight=0.0, adversarial="ifgsm"),
-        _v("ER+Adv", entropy_weight=1.0, adversarial="ifgsm"))),
+        _v("ER", baseline="plain", **_ER),
+        _v("Adv", baseline="plain", entropy_weight=0.0, adversarial="ifgsm"),
+        _v("ER+Adv", baseline="plain", entropy_weight=1.0, adversarial="ifgsm"))),
     Suite("preprocessing", "sec. 2.3 and 5.6", tuple(
-        _v(f"{net} + {label}", defense=defense, **train)
+        _v(f"{net} + {label}", defense=defense,
+           baseline="" if (net, defense) == ("plain", "none") else "plain + none", **train)
         for net, train in (("plain", _PLAIN), ("ER", _ER))
         for label, defense in (("none", "none"), ("JPEG 75", "jpeg:75"),
                                ("resize 0.9-1.1", "resize:0.9-1.1")))),
     Suite("networks", "sec. 5.1, Fig. 2", tuple(
-        _v(f"{net} {kind}", model=net, **train)
+        _v(f"{net} {kind}", baseline="" if kind == "plain" else f"{net} plain", model=net,
+           **train)
         for net in ("edsr", "carn", "carn_m", "srresnet", "msrn", "rcan")
         for kind, train in (("plain", _PLAIN), ("ER", dict(entropy_weight=None))))),
 )}
@@ -727,6 +738,26 @@ def paper_comparison(suite, recipe, table):
   return rows
 
 
+def paired_comparison(suite, rows, attack_metric="sr_psnr"):
+  """``[(report name, baseline report name, comparison.paired_differences), ...]``.
+
+  For every variant with a ``baseline`` and every report name of it (each
+  threat model behind a defense), in variant order; pairs without a common
+  image are left out.
+  """
+  names = sorted({r["model"] for r in rows})
+  pairs = []
+  for variant in suite.variants:
+    if not variant.baseline:
+      continue
+    for name in names:
+      if name == variant.name or name.startswith(variant.name + " ["):
+        diffs = comparison.paired_differences(rows, name, variant.baseline, attack_metric)
+        if diffs:
+          pairs.append((name, variant.baseline, diffs))
+  return pairs
+
+
 def write_suite_report(suite, suite_dir, recipe=None, expected=None):
   """Merge the variants' report stores into the suite's; write ``suite.md`` and ``suite.png``.
 
@@ -767,13 +798,25 @@ def write_suite_report(suite, suite_dir, recipe=None, expected=None):
               "random defense SR-PSNR compares two independent draws and stays finite even "
               "unattacked; this has no such floor.", ""]
     lines += _markdown_table(suite_table(suite, summary, metric="adv_psnr_y", clean=False))
-  comparison = paper_comparison(suite, recipe, table) if recipe is not None else []
-  if comparison:
+  pairs = paired_comparison(suite, rows)
+  if pairs:
+    lines += ["", "Paired differences, variant − baseline, image by image over the images both "
+              "have: mean ± standard error (k/n: the variant's value is the higher on k of the "
+              "n images). Clean PSNR-Y (dB) and SR-PSNR (dB): higher is better / more robust; "
+              "CLEVER: lower is more robust.", ""] + comparison.markdown_lines(pairs)
+  if suite.has_defenses:
+    pairs_hr = paired_comparison(suite, rows, attack_metric="adv_psnr_y")
+    if any(p["kind"] == "attack" for _, _, ps in pairs_hr for p in ps):
+      lines += ["", "The same for the attacked outputs' PSNR-Y against HR (dB):", ""]
+      lines += comparison.markdown_lines(
+          [(n, b, [p for p in ps if p["kind"] == "attack"]) for n, b, ps in pairs_hr])
+  comparison_rows = paper_comparison(suite, recipe, table) if recipe is not None else []
+  if comparison_rows:
     lines += ["", "The paper's numbers beside ours (paper: EDSR x4 with its full DIV2K recipe, "
               "all of BSD100; ours: this suite's CPU recipe, FDA on the attacked BSD100 "
               "images):", "", "| variant | quantity | paper | ours | ours − paper |",
               "|---|---|---|---|---|"]
-    for r in comparison:
+    for r in comparison_rows:
       diff = "–" if r["ours"] is None else f"{r['ours'] - r['paper']:+.2f}"
       ours = "–" if r["ours"] is None else f"{r['ours']:.2f}"
       lines.append(f"| {r['variant']} | {r['quantity']} | {r['paper']:.2f} | {ours} | {diff} |")
