@@ -222,6 +222,34 @@ def test_cli_dry_run_and_errors(data_dir, tmp_path):
   line = [ln for ln in proc.stdout.splitlines() if "edsr_lambda1_delta10" in ln][0]
   assert line.endswith("new; ~14,870 input gradients of evaluation left"), line
   assert not runs.exists()  # a dry run changes nothing
+  # Every suite at once (without RCAN and MSRN), each network counted once: 20 distinct runs x 8
+  # steps; 20 networks x 14,870 gradients + behind JPEG 2 x 9750 (the adaptive attack; the
+  # non-adaptive one reuses the bare network's) + behind random resizing 2 x 2 x 9750 (EOT k = 2).
+  excluded = [f"--exclude_variant={n} {k}" for n in ("rcan", "msrn") for k in ("plain", "ER")]
+  proc = subprocess.run([sys.executable, "-m", "tfsr_defense.experiment", "--suite=all",
+                         "--dry_run", "--steps=8", f"--recipe={recipe}", f"--runs_root={runs}",
+                         f"--output_dir={tmp_path / 'results'}"] + excluded,
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+                        check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.count("Suite '") == 7 and "rcan" not in proc.stdout
+  total = proc.stdout.strip().splitlines()[-1]
+  assert total.startswith("All 7 suites, each network trained and evaluated once: 20 training "
+                          "runs, 160 steps x "), total
+  assert " + 24 evaluations, ~355,900 input gradients x " in total, total
+  assert not runs.exists() and not (tmp_path / "results").exists()
+  for args, message in (
+      (["--suite=all"], "--suite=all goes with --dry_run or --report_only"),
+      (["--suite=all", "--dry_run", "--exclude_variant=nope"],
+       "Unknown variant(s) ['nope']: not in suite(s) ablation, adversarial"),
+      (["--suite=lambda", "--exclude_variant=lambda=0", "--exclude_variant=lambda=0.1",
+        "--exclude_variant=lambda=1", "--exclude_variant=lambda=10"],
+       "--exclude_variant leaves no variant to run.")):
+    proc = subprocess.run([sys.executable, "-m", "tfsr_defense.experiment"] + args,
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, args
+    assert message in proc.stderr.strip().splitlines()[-1], (args, proc.stderr[-500:])
   proc = subprocess.run([sys.executable, "-m", "tfsr_defense.experiment", "--suite=nope"],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
                         check=False)
@@ -239,6 +267,31 @@ def test_cli_dry_run_and_errors(data_dir, tmp_path):
       f"{tmp_path / 'none' / 'lambda' / 'suite.json'} does not exist (run --suite=lambda with "
       "this --output_dir first).")
   assert not (tmp_path / "none").exists()
+
+
+def test_remaining_work_counts_each_network_once(data_dir, tmp_path):
+  """Two suites sharing the ER network: its training and evaluation are counted once; a variant
+  behind JPEG adds its adaptive attack only."""
+  recipe = _tiny_recipe(data_dir)
+  twin = experiment.Suite("twin", "test", (
+      experiment.Variant("ER again", (("entropy_weight", 1.0),)),
+      experiment.Variant("ER + JPEG", (("entropy_weight", 1.0),), "jpeg:75")))
+  left = dict(attack_datasets=("set5",), attacks=("fda", "ifgsm"), eps=(4 / 255,), steps=2,
+              clever=True, clever_samples=4, max_images=2)
+  work = experiment.remaining_work([TINY, twin], recipe, runs_root=str(tmp_path / "runs"),
+                                   output_dir=str(tmp_path / "results"), **left)
+  # 2 runs x 4 steps; plain 42 + ER 42 (see the end-to-end test) + ER behind JPEG 2 x 17.
+  assert (work["runs"], work["steps"]) == (2, 8)
+  assert (work["evaluations"], work["gradients"]) == (3, 42 + 42 + 34)
+  assert [(s, v.name, g) for s, v, _, _, g in work["variants"]] == [
+      ("tiny", "plain", 42), ("tiny", "ER", 42), ("twin", "ER again", 42),
+      ("twin", "ER + JPEG", 34)]
+  assert experiment.exclude_variants([TINY, twin], ["plain", "ER + JPEG"]) == [
+      experiment.Suite("tiny", "test", TINY.variants[1:]),
+      experiment.Suite("twin", "test", twin.variants[:1])]
+  assert experiment.exclude_variants([TINY], ["plain", "ER"]) == []
+  with pytest.raises(ValueError, match=r"Unknown variant\(s\) \['nope'\]: not in suite"):
+    experiment.exclude_variants([TINY, twin], ["nope"])
 
 
 def test_paper_numbers_sit_beside_ours(data_dir):

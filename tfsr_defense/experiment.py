@@ -2,6 +2,7 @@
 
     python -m tfsr_defense.experiment --suite=lambda --dry_run     # the plan and its estimated time
     python -m tfsr_defense.experiment --suite=lambda               # train + evaluate (resumable)
+    python -m tfsr_defense.experiment --suite=all --dry_run        # what is left of every study
 
 A suite is a list of variants of one shared recipe (``flags/experiments/edsr_x4_study.cfg``:
 EDSR-baseline x4, T91 + BSD200, LR patch 32, batch 16, 4000 steps). A variant
@@ -45,9 +46,10 @@ from tfsr_defense import (cli, comparison, data, defenses, evaluation, fileio, m
                           trainer)
 
 __all__ = ["Variant", "Suite", "SUITES", "known_suites", "get_suite", "load_recipe",
-           "variant_config", "run_name", "select_variants", "plan", "remaining_gradients",
-           "run_suite", "expected_cells", "rewrite_suite_report", "share_evaluation", "suite_table",
-           "paper_comparison", "paired_comparison", "write_suite_report", "PAPER_NUMBERS", "DEFAULT_RECIPE"]
+           "variant_config", "run_name", "select_variants", "exclude_variants", "plan",
+           "remaining_gradients", "remaining_work", "run_suite", "expected_cells",
+           "rewrite_suite_report", "share_evaluation", "suite_table", "paper_comparison",
+           "paired_comparison", "write_suite_report", "PAPER_NUMBERS", "DEFAULT_RECIPE"]
 
 DEFAULT_RECIPE = os.path.join("flags", "experiments", "edsr_x4_study.cfg")
 SUITE_FILE = "suite.json"
@@ -279,6 +281,25 @@ def select_variants(suite, names):
     raise ValueError(f"Unknown variant(s) {unknown} of suite '{suite.name}': use some of "
                      f"{known}.")
   return dataclasses.replace(suite, variants=tuple(v for v in suite.variants if v.name in names))
+
+
+def exclude_variants(suites, names):
+  """``suites`` without the variants named in ``names`` (a suite left empty is dropped).
+
+  Raises:
+    ValueError: a name that is a variant of none of the suites.
+  """
+  known = {v.name for suite in suites for v in suite.variants}
+  unknown = [n for n in names if n not in known]
+  if unknown:
+    raise ValueError(f"Unknown variant(s) {unknown}: not in suite(s) "
+                     f"{', '.join(s.name for s in suites)}.")
+  out = []
+  for suite in suites:
+    kept = tuple(v for v in suite.variants if v.name not in names)
+    if kept:
+      out.append(dataclasses.replace(suite, variants=kept))
+  return out
 
 
 def plan(suite, recipe, runs_root=os.path.join("runs", "experiments")):
@@ -891,6 +912,35 @@ def remaining_gradients(suite, recipe, *, output_dir, runs_root,
   return out
 
 
+def remaining_work(suites, recipe, *, runs_root, **evaluation_settings):
+  """What is left of several suites, a network shared by suites counted once.
+
+  Training: the steps to go of every distinct run directory. Evaluation:
+  ``remaining_gradients`` per variant, once per training run for the
+  undefended variants (the suites share their cells, ``share_evaluation``)
+  and once per suite variant behind a defense.
+
+  Returns:
+    dict(variants=[(suite name, variant, TrainConfig, status, gradients)],
+    runs: run directories with training left, steps: their steps,
+    evaluations: networks / defended variants with gradients left,
+    gradients: their sum).
+  """
+  variants, steps, grads = [], {}, {}
+  for suite in suites:
+    left = remaining_gradients(suite, recipe, runs_root=runs_root, **evaluation_settings)
+    for variant, config, status in plan(suite, recipe, runs_root):
+      variants.append((suite.name, variant, config, status, left[variant.name]))
+      if status != "trained":
+        steps[config.run_dir] = config.steps - _latest_step(config.run_dir)
+      key = (run_name(recipe, variant) if variant.defense == "none"
+             else (suite.name, variant.name))
+      grads[key] = max(grads.get(key, 0.0), left[variant.name])
+  return dict(variants=variants, runs=len(steps), steps=sum(steps.values()),
+              evaluations=sum(1 for g in grads.values() if g > 0),
+              gradients=sum(grads.values()))
+
+
 def estimate_seconds(suite, recipe, *, runs_root, seconds_per_step=None, seconds_per_grad=None,
                      gradients=None, **evaluation_settings):
   """Rough time of what is left of a suite (one process).
@@ -947,7 +997,9 @@ def measure_step_and_gradient(recipe):
 # ---------------------------------------------------------------------------
 
 FLAGS = flags.FlagValues()
-flags.DEFINE_enum("suite", None, known_suites(), "The study to run.", flag_values=FLAGS)
+ALL_SUITES = "all"
+flags.DEFINE_enum("suite", None, known_suites() + [ALL_SUITES], "The study to run ('all': "
+                  "every suite, with --dry_run or --report_only only).", flag_values=FLAGS)
 flags.DEFINE_string("recipe", DEFAULT_RECIPE, "Shared recipe flag file of the suite.",
                     flag_values=FLAGS)
 flags.DEFINE_integer("steps", None, "Training steps per variant (default: the recipe's 4000); "
@@ -980,6 +1032,9 @@ flags.DEFINE_integer("eot_samples", 2, "Random draws averaged per gradient by th
                      flag_values=FLAGS)
 flags.DEFINE_multi_string("variant", None, "Train and evaluate only this variant of the suite "
                           "(repeat the flag for several; default: all).", flag_values=FLAGS)
+flags.DEFINE_multi_string("exclude_variant", None, "Leave this variant out (repeatable; with "
+                          "--suite=all, of whichever suite has it), e.g. the networks suite's "
+                          "'rcan plain'.", flag_values=FLAGS)
 flags.DEFINE_integer("max_images", None, "Only the first N images of every dataset (smoke runs).",
                      flag_values=FLAGS)
 flags.DEFINE_bool("train", True, "Train missing variants (false: evaluate trained ones only).",
@@ -992,9 +1047,32 @@ flags.DEFINE_bool("report_only", False, "Write the suite's suite.md / suite.png 
 flags.mark_flag_as_required("suite", flag_values=FLAGS)
 
 
+def _dry_run(suites, recipe, settings):
+  """Print each suite's plan and, for several, the total with shared networks counted once."""
+  work = remaining_work(suites, recipe, runs_root=FLAGS.runs_root, **settings)
+  for suite in suites:
+    print(f"Suite '{suite.name}' ({suite.paper}), recipe {FLAGS.recipe} "
+          f"({recipe.steps} steps per variant):")
+    for name, variant, config, status, grads in work["variants"]:
+      if name == suite.name:
+        print(f"  {variant.name:28s} {config.run_dir:45s} {status}; "
+              f"~{grads:,.0f} input gradients of evaluation left")
+  step_time, grad_time = measure_step_and_gradient(recipe)
+  hours = (work["steps"] * step_time + work["gradients"] * grad_time) / 3600
+  what = (f"{work['runs']} training runs, {work['steps']} steps x {step_time:.2f} s + "
+          f"{work['evaluations']} evaluations, ~{work['gradients']:,.0f} input gradients x "
+          f"{grad_time:.3f} s = {hours:.1f} h")
+  if len(suites) == 1:
+    print(f"Estimated on this machine: {what} (one process; what is left: finished and shared "
+          "cells are not counted; gradients measured on a 120x80 LR image).")
+  else:
+    print(f"All {len(suites)} suites, each network trained and evaluated once: {what} in one "
+          f"process, ~{hours / 2:.1f} h in two (steps and gradients of the recipe's network, "
+          "measured here on a 120x80 LR image).")
+
+
 def main(argv):
   del argv
-  suite = get_suite(FLAGS.suite)
   recipe = load_recipe(FLAGS.recipe, FLAGS.steps, FLAGS.data_dir)
   eps = []
   for v in FLAGS.eps:
@@ -1002,39 +1080,45 @@ def main(argv):
       eps.append(float(v) / 255.0)
     except ValueError:
       raise ValueError(f"--eps takes numbers in units of 1/255; got {v!r}.") from None
+  if FLAGS.suite == ALL_SUITES:
+    if not (FLAGS.dry_run or FLAGS.report_only) or FLAGS.variant:
+      raise ValueError("--suite=all goes with --dry_run or --report_only (and --exclude_variant, "
+                       "not --variant); run the suites one by one.")
+    suites = [get_suite(name) for name in known_suites()]
+  else:
+    suites = [get_suite(FLAGS.suite)]
+    if FLAGS.variant:
+      suites = [select_variants(suites[0], FLAGS.variant)]
+  if FLAGS.exclude_variant:
+    suites = exclude_variants(suites, FLAGS.exclude_variant)
+    if not suites:
+      raise ValueError("--exclude_variant leaves no variant to run.")
   if FLAGS.report_only:
-    rewrite_suite_report(suite, recipe, FLAGS.output_dir)
-    print(f"Suite report: {os.path.join(FLAGS.output_dir, suite.name, TABLE_FILE)}")
+    for suite in suites:
+      if FLAGS.suite == ALL_SUITES and not os.path.isfile(
+          os.path.join(FLAGS.output_dir, suite.name, SUITE_FILE)):
+        print(f"Suite '{suite.name}': not run yet under {FLAGS.output_dir}; skipped.")
+        continue
+      rewrite_suite_report(get_suite(suite.name), recipe, FLAGS.output_dir)
+      print(f"Suite report: {os.path.join(FLAGS.output_dir, suite.name, TABLE_FILE)}")
     return
   if FLAGS.dry_run:
-    if FLAGS.variant:
-      suite = select_variants(suite, FLAGS.variant)
-    print(f"Suite '{suite.name}' ({suite.paper}), recipe {FLAGS.recipe} "
-          f"({recipe.steps} steps per variant):")
-    settings = dict(output_dir=FLAGS.output_dir, attack_datasets=FLAGS.attack_datasets,
-                    attack_images=FLAGS.attack_images, attacks=FLAGS.attacks, eps=eps,
-                    steps=FLAGS.attack_steps, clever=FLAGS.clever,
-                    clever_samples=FLAGS.clever_samples, eot_samples=FLAGS.eot_samples,
-                    max_images=FLAGS.max_images)
-    left = remaining_gradients(suite, recipe, runs_root=FLAGS.runs_root, **settings)
-    for variant, config, status in plan(suite, recipe, FLAGS.runs_root):
-      print(f"  {variant.name:28s} {config.run_dir:45s} {status}; "
-            f"~{left[variant.name]:,.0f} input gradients of evaluation left")
-    step_time, grad_time = measure_step_and_gradient(recipe)
-    total, remaining, grads = estimate_seconds(
-        suite, recipe, runs_root=FLAGS.runs_root, seconds_per_step=step_time,
-        seconds_per_grad=grad_time, gradients=left)
-    print(f"Estimated on this machine: {remaining} training steps x {step_time:.2f} s + "
-          f"~{grads:.0f} input gradients x {grad_time:.3f} s = {total / 3600:.1f} h "
-          "(one process; what is left: finished and shared cells are not counted; "
-          "gradients measured on a 120x80 LR image).")
+    _dry_run(suites, recipe, dict(
+        output_dir=FLAGS.output_dir, attack_datasets=FLAGS.attack_datasets,
+        attack_images=FLAGS.attack_images, attacks=FLAGS.attacks, eps=eps,
+        steps=FLAGS.attack_steps, clever=FLAGS.clever, clever_samples=FLAGS.clever_samples,
+        eot_samples=FLAGS.eot_samples, max_images=FLAGS.max_images))
     return
+  suite = get_suite(FLAGS.suite)  # the whole suite: its report covers every variant
+  selected = ([v.name for v in suites[0].variants]
+              if FLAGS.variant or FLAGS.exclude_variant else None)
   result = run_suite(
       suite, recipe, output_dir=FLAGS.output_dir, runs_root=FLAGS.runs_root,
       clean_datasets=FLAGS.clean_datasets, attack_datasets=FLAGS.attack_datasets,
       attack_images=FLAGS.attack_images, attacks=FLAGS.attacks, eps=eps,
       steps=FLAGS.attack_steps, clever=FLAGS.clever, clever_samples=FLAGS.clever_samples,
-      precision=FLAGS.precision, eot_samples=FLAGS.eot_samples, variants=FLAGS.variant,
+      precision=FLAGS.precision, eot_samples=FLAGS.eot_samples,
+      variants=selected,
       train=FLAGS.train, max_images=FLAGS.max_images)
   print(f"Suite report: {os.path.join(result['suite_dir'], TABLE_FILE)}")
   if result["busy_variants"]:
