@@ -1047,11 +1047,11 @@ flags.DEFINE_bool("report_only", False, "Write the suite's suite.md / suite.png 
 flags.mark_flag_as_required("suite", flag_values=FLAGS)
 
 
-def _dry_run(suites, recipe, settings):
+def _dry_run(suites, recipe, recipe_path, runs_root, settings):
   """Print each suite's plan and, for several, the total with shared networks counted once."""
-  work = remaining_work(suites, recipe, runs_root=FLAGS.runs_root, **settings)
+  work = remaining_work(suites, recipe, runs_root=runs_root, **settings)
   for suite in suites:
-    print(f"Suite '{suite.name}' ({suite.paper}), recipe {FLAGS.recipe} "
+    print(f"Suite '{suite.name}' ({suite.paper}), recipe {recipe_path} "
           f"({recipe.steps} steps per variant):")
     for name, variant, config, status, grads in work["variants"]:
       if name == suite.name:
@@ -1103,7 +1103,7 @@ def main(argv):
       print(f"Suite report: {os.path.join(FLAGS.output_dir, suite.name, TABLE_FILE)}")
     return
   if FLAGS.dry_run:
-    _dry_run(suites, recipe, dict(
+    _dry_run(suites, recipe, FLAGS.recipe, FLAGS.runs_root, dict(
         output_dir=FLAGS.output_dir, attack_datasets=FLAGS.attack_datasets,
         attack_images=FLAGS.attack_images, attacks=FLAGS.attacks, eps=eps,
         steps=FLAGS.attack_steps, clever=FLAGS.clever, clever_samples=FLAGS.clever_samples,
