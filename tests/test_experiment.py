@@ -124,6 +124,9 @@ def test_tiny_suite_end_to_end_and_resume(data_dir, tmp_path):
   assert "| ER | FDA 4/255 SR-PSNR, BSD100 (dB) | 41.03 | – | – |" in md
   with Image.open(os.path.join(suite_dir, experiment.FIGURE_FILE)) as fig:
     assert fig.height == round(3.8 * 110)  # one row: no suite with a defense, no HR row
+  # The paired differences as a figure: a panel per attack and one of clean PSNR.
+  with Image.open(os.path.join(suite_dir, experiment.PAIRED_FIGURE_FILE)) as fig:
+    assert (fig.width, fig.height) == (round(3 * 4.6 * 110), round(3.8 * 110))
   for variant in ("plain", "ER"):
     for name in ("config.json", "flags.txt", "result.json", "model.weights.h5"):
       assert os.path.isfile(os.path.join(suite_dir, "runs", variant, name)), (variant, name)

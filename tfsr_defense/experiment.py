@@ -55,6 +55,7 @@ DEFAULT_RECIPE = os.path.join("flags", "experiments", "edsr_x4_study.cfg")
 SUITE_FILE = "suite.json"
 TABLE_FILE = "suite.md"
 FIGURE_FILE = "suite.png"
+PAIRED_FIGURE_FILE = "suite_paired.png"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -784,10 +785,12 @@ def write_suite_report(suite, suite_dir, recipe=None, expected=None):
 
   The suite directory then holds the merged ``rows.jsonl`` / ``rows.csv``,
   ``summary.*`` (``reports.write_reports``), the one-table ``suite.md`` (with
-  ``recipe``, also the paper's numbers beside ours: ``paper_comparison``) and
-  the figure ``suite.png`` (suites with a pre-processing variant: also the
-  attacked outputs' PSNR-Y against HR, as a second table and a second row of
-  panels); each variant's own report (and figures, with
+  ``recipe``, also the paper's numbers beside ours: ``paper_comparison``),
+  the paired differences against each variant's baseline (table and
+  ``suite_paired.png``, ``plots.plot_paired``) and the figure ``suite.png``
+  (suites with a pre-processing variant: also the attacked outputs' PSNR-Y
+  against HR, as a second table and a second row of panels); each variant's
+  own report (and figures, with
   ``plots``) stays in ``variants/<variant>/``. With ``expected``
   (``expected_cells``) ``suite.md`` lists the variants whose evaluation is
   not finished, with their cells so far: their means are over those cells.
@@ -845,6 +848,10 @@ def write_suite_report(suite, suite_dir, recipe=None, expected=None):
   from tfsr_defense import plots  # pylint: disable=g-import-not-at-top
   plots.plot_suite(summary, _report_names(suite, summary), os.path.join(suite_dir, FIGURE_FILE),
                    title=f"{suite.name} ({suite.paper})", against_hr=suite.has_defenses)
+  if pairs:
+    plots.plot_paired(pairs, _report_names(suite, summary),
+                      os.path.join(suite_dir, PAIRED_FIGURE_FILE),
+                      title=f"{suite.name} ({suite.paper}): each variant against its baseline")
   return table
 
 

@@ -25,7 +25,8 @@ import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=wrong-import-posi
 import numpy as np  # noqa: E402  pylint: disable=wrong-import-position
 
 __all__ = ["plot_sr_psnr_vs_eps", "plot_lr_vs_sr_psnr", "plot_clever_vs_sr_psnr",
-           "plot_example", "plot_features", "plot_suite", "make_plots", "PLOTS_DIR"]
+           "plot_example", "plot_features", "plot_suite", "plot_paired", "make_plots",
+           "PLOTS_DIR"]
 
 PLOTS_DIR = "plots"
 _SR_LABEL = "SR-PSNR (dB): S(x) vs S(x~), Y, shave = scale"
@@ -200,6 +201,66 @@ def plot_suite(summary, variants, path, title=None, against_hr=False):
   ax.set_ylabel("CLEVER on Set5 (higher = more vulnerable)", fontsize=8)
   ax.ticklabel_format(useOffset=False)
   ax.grid(True, alpha=0.3)
+  if title:
+    fig.suptitle(title, fontsize=10)
+  return _save(fig, path)
+
+
+def plot_paired(pairs, variants, path, title=None):
+  """Each variant against its baseline image by image (``comparison.paired_differences``).
+
+  Args:
+    pairs: ``[(name, baseline, paired differences), ...]``
+      (``experiment.paired_comparison``).
+    variants: all report names in the suite's order (colours as ``plot_suite``).
+    path: output .png.
+    title: figure title.
+
+  One panel per attack: the mean SR-PSNR difference (dB, variant − baseline)
+  against eps with ± one standard error, zero dashed (above = more robust
+  than the baseline); on BSD100 when it was attacked, else Set5. A last
+  panel: the clean PSNR-Y difference (dB) on BSD100 (else Set5) per variant,
+  ± one standard error.
+
+  Returns:
+    path, or None when no pair has an attack or clean difference.
+  """
+  found = [p for _, _, ps in pairs for p in ps]
+  attacked = {p["dataset"] for p in found if p["kind"] == "attack"}
+  dataset = "bsd100" if "bsd100" in attacked else (sorted(attacked) or ["set5"])[0]
+  labels = sorted({p["attack"] for p in found if p["kind"] == "attack"
+                   and p["dataset"] == dataset})
+  cleaned = {p["dataset"] for p in found if p["kind"] == "clean"}
+  clean_set = "bsd100" if "bsd100" in cleaned else "set5"
+  if not labels and not cleaned:
+    return None
+  fig, axes = plt.subplots(1, len(labels) + 1, figsize=(4.6 * (len(labels) + 1), 3.8),
+                           squeeze=False)
+  color = {name: f"C{i}" for i, name in enumerate(variants)}
+  for ax, label in zip(axes[0], labels):
+    for name, baseline, ps in pairs:
+      pts = sorted((p["eps_255"], p["mean"], p["se"] or 0.0) for p in ps
+                   if p["kind"] == "attack" and p["dataset"] == dataset and p["attack"] == label)
+      if pts:
+        ax.errorbar([q[0] for q in pts], [q[1] for q in pts], yerr=[q[2] for q in pts],
+                    marker="o", capsize=3, color=color.get(name), label=f"{name} − {baseline}")
+    ax.axhline(0.0, color="k", linestyle="--", linewidth=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("eps (/255)")
+    ax.set_ylabel("SR-PSNR difference (dB), variant − baseline", fontsize=7)
+    ax.set_title(f"{label} on {dataset}, image by image", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+  ax = axes[0][-1]
+  bars = [(name, p) for name, _, ps in pairs for p in ps
+          if p["kind"] == "clean" and p["dataset"] == clean_set]
+  for i, (name, p) in enumerate(bars):
+    ax.bar(i, p["mean"], yerr=p["se"] or 0.0, capsize=3, color=color.get(name))
+  ax.set_xticks(range(len(bars)))
+  ax.set_xticklabels([name for name, _ in bars], rotation=30, ha="right", fontsize=7)
+  ax.axhline(0.0, color="k", linewidth=0.8)
+  ax.set_ylabel(f"clean PSNR-Y difference on {clean_set} (dB)", fontsize=8)
+  ax.grid(True, axis="y", alpha=0.3)
   if title:
     fig.suptitle(title, fontsize=10)
   return _save(fig, path)
