@@ -62,3 +62,14 @@ def test_markdown_cells():
   assert lines[4] == "| variant | baseline | attack | dataset | 4/255 |"
   assert lines[6] == "| V | B | ifgsm | bsd100 | +1.33 ± 1.20 (2/3) |"
   assert comparison.markdown_lines([]) == []
+
+
+def test_paired_figure(tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from tfsr_defense import plots  # pylint: disable=g-import-not-at-top
+  pairs = [("V", "B", comparison.paired_differences(_rows(), "V", "B"))]
+  path = plots.plot_paired(pairs, ["B", "V"], str(tmp_path / "paired.png"), title="t")
+  with Image.open(path) as fig:  # one attack panel + the clean panel
+    assert (fig.width, fig.height) == (round(2 * 4.6 * 110), round(3.8 * 110))
+  assert plots.plot_paired([], ["B", "V"], str(tmp_path / "none.png")) is None
+  assert not (tmp_path / "none.png").exists()
