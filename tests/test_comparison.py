@@ -51,7 +51,7 @@ def test_against_hr_skips_non_finite_values_and_single_images():
   assert clean["n"] == 1 and clean["se"] is None and clean["mean"] == pytest.approx(-0.5)
   assert comparison.paired_differences(_rows(), "V", "nobody") == []
   with pytest.raises(ValueError, match="attack_metric must be one of"):
-    comparison.paired_differences(_rows(), "V", "B", "lr_psnr")
+    comparison.paired_differences(_rows(), "V", "B", "sr_ssim")
 
 
 def test_markdown_cells():

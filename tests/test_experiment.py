@@ -119,6 +119,8 @@ def test_tiny_suite_end_to_end_and_resume(data_dir, tmp_path):
   assert re.search(r"\| ER \| plain \| [+-]\d+\.\d\d ± \d+\.\d\d \([012]/2\) \| "
                    r"[+-]\d+\.\d ± \d+\.\d \([012]/2\) \|", md)
   assert re.search(r"\| ER \| plain \| ifgsm \| set5 \| [+-]\d+\.\d\d ± ", md)
+  lr_part = md.split("The same for the attacked inputs' LR-PSNR")[1]
+  assert re.search(r"\| ER \| plain \| fda \(relu\) \| set5 \| [+-]\d+\.\d\d ± ", lr_part)
   # The paper's BSD100 numbers beside ours (this smoke run has no BSD100: '–').
   assert "| plain | clean PSNR-Y, BSD100 (dB) | 27.54 | – | – |" in md
   assert "| ER | FDA 4/255 SR-PSNR, BSD100 (dB) | 41.03 | – | – |" in md
@@ -342,11 +344,13 @@ def test_clever_only_for_undefended_variants(data_dir, tmp_path):
   # Paired against the bare network, per threat model: SR-PSNR, then PSNR-Y against HR (one
   # image: the difference itself).
   bare = {r["attack"]: r for r in rows if r["kind"] == "attack" and r["model"] == "ER + none"}
-  paired_sr, paired_hr = md.split("Paired differences")[1].split("The same for the attacked")
+  paired_sr, rest = md.split("Paired differences")[1].split("The same for the attacked outputs'")
+  paired_hr, paired_lr = rest.split("The same for the attacked inputs' LR-PSNR")
   for r in rows:
     if r["kind"] == "attack" and r["model"] != "ER + none":
       base = bare[r["attack"]]
-      for part, metric in ((paired_sr, "sr_psnr"), (paired_hr, "adv_psnr_y")):
+      for part, metric in ((paired_sr, "sr_psnr"), (paired_hr, "adv_psnr_y"),
+                           (paired_lr, "lr_psnr")):
         d = r[metric] - base[metric]
         assert (f"| {r['model']} | ER + none | ifgsm | set5 | {d:+.2f} ({int(d > 0)}/1) |"
                 in part), (metric, r["model"])

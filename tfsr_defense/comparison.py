@@ -8,8 +8,9 @@ For a network V and its baseline B evaluated on the same images, per cell kind
     and on how many of the n images V's value is the higher one.
 
 m: clean PSNR-Y (dB, higher = closer to HR), CLEVER (paper eq. 15, lower =
-more robust), and per attack SR-PSNR (dB; S(x) vs S(x~): higher = more robust)
-or the attacked output's PSNR-Y against HR. Pairing removes the spread between
+more robust), and per attack SR-PSNR (dB; S(x) vs S(x~): higher = more robust),
+the attacked output's PSNR-Y against HR, or the attacked input's LR-PSNR (x vs
+x~: higher = the attack moved x less, within the same eps). Pairing removes the spread between
 images, so a small but consistent gain stands out, and an evaluation still
 in progress is compared on the images it has done. Rows are those of
 ``reports.read_rows`` (one report may hold both networks).
@@ -23,8 +24,9 @@ from tfsr_defense import reports
 
 __all__ = ["paired_differences", "markdown_lines", "ATTACK_METRICS"]
 
-# What an attack row is compared by.
-ATTACK_METRICS = ("sr_psnr", "adv_psnr_y")
+# What an attack row is compared by: SR-PSNR, the attacked output's PSNR-Y against HR, or the
+# attacked input's LR-PSNR (how far the attack moved x: higher = less far).
+ATTACK_METRICS = ("sr_psnr", "adv_psnr_y", "lr_psnr")
 _KIND_ORDER = {"clean": 0, "clever": 1, "attack": 2}
 
 
@@ -39,7 +41,7 @@ def paired_differences(rows, name, baseline, attack_metric="sr_psnr"):
     rows: evaluation rows (dicts with model, dataset, image, kind and the
       metrics; ``attack`` rows also attack, eps_255, steps).
     name, baseline: report (model) names in ``rows``.
-    attack_metric: 'sr_psnr' or 'adv_psnr_y' for the attack rows.
+    attack_metric: 'sr_psnr', 'adv_psnr_y' or 'lr_psnr' for the attack rows.
 
   Returns:
     list of dicts, one per (dataset, kind, attack label, eps_255, steps) that

@@ -828,12 +828,17 @@ def write_suite_report(suite, suite_dir, recipe=None, expected=None):
               "have: mean ± standard error (k/n: the variant's value is the higher on k of the "
               "n images). Clean PSNR-Y (dB) and SR-PSNR (dB): higher is better / more robust; "
               "CLEVER: lower is more robust.", ""] + comparison.markdown_lines(pairs)
-  if suite.has_defenses:
-    pairs_hr = paired_comparison(suite, rows, attack_metric="adv_psnr_y")
-    if any(p["kind"] == "attack" for _, _, ps in pairs_hr for p in ps):
-      lines += ["", "The same for the attacked outputs' PSNR-Y against HR (dB):", ""]
-      lines += comparison.markdown_lines(
-          [(n, b, [p for p in ps if p["kind"] == "attack"]) for n, b, ps in pairs_hr])
+  extra = [("adv_psnr_y", "The same for the attacked outputs' PSNR-Y against HR (dB):")] \
+      if suite.has_defenses else []
+  extra.append(("lr_psnr", "The same for the attacked inputs' LR-PSNR (dB; x vs x~, RGB, no "
+                "shave, peak 1): higher = the attack, within the same eps, moved x less (its "
+                "steps cancel or find no gradient; a sign of gradient masking when SR-PSNR "
+                "rises with it):"))
+  for metric, text in extra:
+    more = [(n, b, [p for p in ps if p["kind"] == "attack"])
+            for n, b, ps in paired_comparison(suite, rows, attack_metric=metric)]
+    if any(ps for _, _, ps in more):
+      lines += ["", text, ""] + comparison.markdown_lines(more)
   comparison_rows = paper_comparison(suite, recipe, table) if recipe is not None else []
   if comparison_rows:
     lines += ["", "The paper's numbers beside ours (paper: EDSR x4 with its full DIV2K recipe, "
