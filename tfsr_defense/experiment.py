@@ -954,24 +954,18 @@ def remaining_work(suites, recipe, *, runs_root, **evaluation_settings):
 
 
 def estimate_seconds(suite, recipe, *, runs_root, seconds_per_step=None, seconds_per_grad=None,
-                     gradients=None, **evaluation_settings):
+                     **evaluation_settings):
   """Rough time of what is left of a suite (one process).
 
   Returns:
-    (seconds, training steps left, input gradients left): steps x
-    ``seconds_per_step`` + ``remaining_gradients(...)`` x ``seconds_per_grad``;
-    ``evaluation_settings`` are ``remaining_gradients``'s keyword arguments
-    (``gradients``: its result when the caller already has it).
+    (seconds, training steps left, input gradients left) of ``remaining_work``
+    for this one suite: steps x ``seconds_per_step`` + gradients x
+    ``seconds_per_grad``; ``evaluation_settings`` are ``remaining_gradients``'s
+    keyword arguments.
   """
-  remaining, seen = 0, set()
-  for _, config, status in plan(suite, recipe, runs_root):
-    if status != "trained" and config.run_dir not in seen:  # variants may share a run
-      remaining += config.steps - _latest_step(config.run_dir)
-    seen.add(config.run_dir)
-  if gradients is None:
-    gradients = remaining_gradients(suite, recipe, runs_root=runs_root, **evaluation_settings)
-  grads = sum(gradients.values())
-  return remaining * (seconds_per_step or 0.0) + grads * (seconds_per_grad or 0.0), remaining, grads
+  work = remaining_work([suite], recipe, runs_root=runs_root, **evaluation_settings)
+  steps, grads = work["steps"], work["gradients"]
+  return steps * (seconds_per_step or 0.0) + grads * (seconds_per_grad or 0.0), steps, grads
 
 
 def measure_step_and_gradient(recipe):
