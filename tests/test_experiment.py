@@ -10,30 +10,30 @@ import sys
 import pytest
 from PIL import Image
 
-from tfsr_defense import defenses, experiment, reports, trainer
+from tfsr_defense import defenses, experiment, reports, studies, suite_report, trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_every_study_of_the_paper_is_a_suite():
-  assert experiment.known_suites() == ["ablation", "adversarial", "delta", "lambda", "networks",
+  assert studies.known_suites() == ["ablation", "adversarial", "delta", "lambda", "networks",
                                        "preprocessing", "target_layer"]
-  lam = experiment.get_suite("lambda")
+  lam = studies.get_suite("lambda")
   assert [v.overrides["entropy_weight"] for v in lam.variants] == [0.0, 0.1, 1.0, 10.0]
-  delta = experiment.get_suite("delta")
+  delta = studies.get_suite("delta")
   assert [v.overrides["delta"] for v in delta.variants] == [0.01, 0.1, 1.0, 10.0]
-  ablation = {v.name: v.overrides for v in experiment.get_suite("ablation").variants}
+  ablation = {v.name: v.overrides for v in studies.get_suite("ablation").variants}
   assert ablation["PE"] == dict(entropy_weight=1.0, noise=False)
   assert ablation["noise"] == dict(entropy_weight=1.0, estimate_entropy=False)
   with pytest.raises(ValueError, match="Unknown suite 'lamda'. Known suites: ablation"):
-    experiment.get_suite("lamda")
+    studies.get_suite("lamda")
 
 
 def test_every_baseline_is_an_undefended_variant_of_its_suite():
   expected = {"ablation": "none", "lambda": "lambda=0", "delta": "delta=1",
               "target_layer": "pre-upsampler, lambda=1", "adversarial": "plain",
               "preprocessing": "plain + none"}
-  for suite in experiment.SUITES.values():
+  for suite in studies.SUITES.values():
     variants = {v.name: v for v in suite.variants}
     compared = [v for v in suite.variants if v.baseline]
     assert len(compared) == len(suite.variants) - len({v.baseline for v in compared})
@@ -53,9 +53,9 @@ def test_recipe_and_shared_run_names(data_dir):
   short = experiment.load_recipe(os.path.join(REPO, experiment.DEFAULT_RECIPE), steps=1000)
   assert short.steps == 1000 and short.lr_boundaries == [500, 750, 875]
   names = {}
-  for suite in experiment.SUITES.values():
+  for suite in studies.SUITES.values():
     for variant in suite.variants:
-      names.setdefault(experiment.run_name(recipe, variant), set()).add(
+      names.setdefault(studies.run_name(recipe, variant), set()).add(
           (suite.name, variant.name))
   # The lambda = 1 network is shared by five suites and trained once.
   assert names["edsr_lambda1"] == {("ablation", "PE+noise"), ("lambda", "lambda=1"),
@@ -79,9 +79,9 @@ def _tiny_recipe(data_dir, steps=4):
       model_options=dict(n_resblocks=1, n_feats=8))
 
 
-TINY = experiment.Suite("tiny", "test", (
-    experiment.Variant("plain", (("entropy_weight", 0.0),)),
-    experiment.Variant("ER", (("entropy_weight", 1.0),), baseline="plain")))
+TINY = studies.Suite("tiny", "test", (
+    studies.Variant("plain", (("entropy_weight", 0.0),)),
+    studies.Variant("ER", (("entropy_weight", 1.0),), baseline="plain")))
 
 RUN_ARGS = dict(clean_datasets=("set5",), attack_datasets=("set5",), attacks=("fda", "ifgsm"),
                 eps=(4 / 255,), steps=2, clever=True, clever_samples=4, clever_batch=2,
@@ -92,7 +92,7 @@ def test_tiny_suite_end_to_end_and_resume(data_dir, tmp_path):
   recipe = _tiny_recipe(data_dir)
   out, runs = str(tmp_path / "results"), str(tmp_path / "runs")
   # An interrupted first variant: a checkpoint at step 2 of 4.
-  plain = experiment.variant_config(recipe, TINY.variants[0], runs)
+  plain = studies.variant_config(recipe, TINY.variants[0], runs)
   trainer.train(dataclasses.replace(plain, steps=2), log=lambda *_: None)
   statuses = [status for _, _, status in experiment.plan(TINY, recipe, runs)]
   assert statuses == ["resumable at step 2", "new"]
@@ -111,7 +111,7 @@ def test_tiny_suite_end_to_end_and_resume(data_dir, tmp_path):
     assert row["fda (relu)/set5/4"] > 0 and row["ifgsm/set5/4"] > 0
   with open(os.path.join(plain.run_dir, "result.json"), encoding="utf-8") as f:
     assert json.load(f)["step"] == 4  # resumed to the end
-  md = open(os.path.join(suite_dir, experiment.TABLE_FILE), encoding="utf-8").read()
+  md = open(os.path.join(suite_dir, suite_report.TABLE_FILE), encoding="utf-8").read()
   assert "| plain |" in md and "| ER |" in md and "fda (relu)/set5/4" in md
   assert "against HR" not in md  # only suites with pre-processing variants get that table
   # ER against plain image by image: clean PSNR per set, CLEVER, each attack (2 images each).
@@ -124,10 +124,10 @@ def test_tiny_suite_end_to_end_and_resume(data_dir, tmp_path):
   # The paper's BSD100 numbers beside ours (this smoke run has no BSD100: '–').
   assert "| plain | clean PSNR-Y, BSD100 (dB) | 27.54 | – | – |" in md
   assert "| ER | FDA 4/255 SR-PSNR, BSD100 (dB) | 41.03 | – | – |" in md
-  with Image.open(os.path.join(suite_dir, experiment.FIGURE_FILE)) as fig:
+  with Image.open(os.path.join(suite_dir, suite_report.FIGURE_FILE)) as fig:
     assert fig.height == round(3.8 * 110)  # one row: no suite with a defense, no HR row
   # The paired differences as a figure: a panel per attack and one of clean PSNR.
-  with Image.open(os.path.join(suite_dir, experiment.PAIRED_FIGURE_FILE)) as fig:
+  with Image.open(os.path.join(suite_dir, suite_report.PAIRED_FIGURE_FILE)) as fig:
     assert (fig.width, fig.height) == (round(3 * 4.6 * 110), round(3.8 * 110))
   for variant in ("plain", "ER"):
     for name in ("config.json", "flags.txt", "result.json", "model.weights.h5"):
@@ -141,16 +141,16 @@ def test_tiny_suite_end_to_end_and_resume(data_dir, tmp_path):
   assert len(reports.read_rows(suite_dir)) == 16  # nothing recomputed, no duplicates
   assert os.path.getmtime(os.path.join(plain.run_dir, "model.weights.h5")) == weights_time
   # Each variant's own report sits beside the merged one.
-  assert len(reports.read_rows(experiment.variant_report_dir(suite_dir, TINY.variants[1]))) == 8
+  assert len(reports.read_rows(suite_report.variant_report_dir(suite_dir, TINY.variants[1]))) == 8
   assert experiment.remaining_gradients(TINY, recipe, output_dir=out, runs_root=runs,
                                        **left) == {"plain": 0, "ER": 0}
   # Behind defenses: the bare network's cells are shared from 'tiny', the non-adaptive views
   # reuse its attacks, the adaptive one through JPEG (BPDA) costs 2 x 17 gradients, through
   # random resizing k = 3 times that, and the network's training is counted once.
-  pre = experiment.Suite("pre", "test", (
-      experiment.Variant("ER + none", (("entropy_weight", 1.0),)),
-      experiment.Variant("ER + JPEG", (("entropy_weight", 1.0),), "jpeg:75"),
-      experiment.Variant("ER + resize", (("entropy_weight", 1.0),), "resize:0.9-1.1")))
+  pre = studies.Suite("pre", "test", (
+      studies.Variant("ER + none", (("entropy_weight", 1.0),)),
+      studies.Variant("ER + JPEG", (("entropy_weight", 1.0),), "jpeg:75"),
+      studies.Variant("ER + resize", (("entropy_weight", 1.0),), "resize:0.9-1.1")))
   assert experiment.remaining_gradients(pre, recipe, output_dir=out, runs_root=runs,
                                        **dict(left, eot_samples=3)) == {
                                            "ER + none": 0, "ER + JPEG": 34, "ER + resize": 102}
@@ -158,28 +158,28 @@ def test_tiny_suite_end_to_end_and_resume(data_dir, tmp_path):
                                      output_dir=out, **left)[1] == 4
   # A second suite with the same networks under other names evaluates nothing again: it
   # copies the cells (and example files) of the first, renamed.
-  other = experiment.Suite("other", "test", (
-      experiment.Variant("none", (("entropy_weight", 0.0),)),
-      experiment.Variant("ER+first", (("entropy_weight", 1.0), ("entropy_layer", "first")))))
+  other = studies.Suite("other", "test", (
+      studies.Variant("none", (("entropy_weight", 0.0),)),
+      studies.Variant("ER+first", (("entropy_weight", 1.0), ("entropy_layer", "first")))))
   assert experiment.remaining_gradients(other, recipe, output_dir=out, runs_root=runs,
                                        **left) == {"none": 0, "ER+first": 42}
   logged = []
   moved = experiment.run_suite(other, recipe, output_dir=out, runs_root=runs,
                                **dict(RUN_ARGS, log=logged.append))
-  shared = reports.read_rows(experiment.variant_report_dir(moved["suite_dir"],
+  shared = reports.read_rows(suite_report.variant_report_dir(moved["suite_dir"],
                                                             other.variants[0]))
   assert len(shared) == 8 and {r["shared_from"] for r in shared} == {"tiny/plain"}
   assert {r["model"] for r in shared} == {"none"}
   first = {r["cell"].replace("|plain|", "|none|"): r for r in reports.read_rows(
-      experiment.variant_report_dir(suite_dir, TINY.variants[0]))}
+      suite_report.variant_report_dir(suite_dir, TINY.variants[0]))}
   for row in shared:
     for key in ("psnr_y", "clever", "sr_psnr", "lr_psnr", "model_id"):
       assert row.get(key) == first[row["cell"]].get(key)
   assert any(n.startswith("none__") for n in os.listdir(os.path.join(
-      experiment.variant_report_dir(moved["suite_dir"], other.variants[0]), "examples")))
+      suite_report.variant_report_dir(moved["suite_dir"], other.variants[0]), "examples")))
   assert "  8 cells taken from other suites' reports of the same network" in logged
   # The network trained with the regularizer elsewhere is another network: evaluated anew.
-  fresh = reports.read_rows(experiment.variant_report_dir(moved["suite_dir"], other.variants[1]))
+  fresh = reports.read_rows(suite_report.variant_report_dir(moved["suite_dir"], other.variants[1]))
   assert len(fresh) == 8 and not any("shared_from" in r for r in fresh)
   assert moved["table"][0] == dict(result["table"][0], variant="none")
   # Another recipe into the same suite directory is refused, naming what differs.
@@ -192,7 +192,7 @@ def test_a_variant_busy_in_another_process_is_skipped(data_dir, tmp_path):
   """Two processes (one per core) can run one suite: a locked variant is left to its owner."""
   recipe = _tiny_recipe(data_dir, steps=2)
   out, runs = str(tmp_path / "results"), str(tmp_path / "runs")
-  plain = experiment.variant_config(recipe, TINY.variants[0], runs)
+  plain = studies.variant_config(recipe, TINY.variants[0], runs)
   os.makedirs(runs, exist_ok=True)
   with open(plain.run_dir + ".lock", "w", encoding="utf-8") as f:
     f.write(str(os.getppid()))  # a live process that is not this one
@@ -278,9 +278,9 @@ def test_remaining_work_counts_each_network_once(data_dir, tmp_path):
   """Two suites sharing the ER network: its training and evaluation are counted once; a variant
   behind JPEG adds its adaptive attack only."""
   recipe = _tiny_recipe(data_dir)
-  twin = experiment.Suite("twin", "test", (
-      experiment.Variant("ER again", (("entropy_weight", 1.0),)),
-      experiment.Variant("ER + JPEG", (("entropy_weight", 1.0),), "jpeg:75")))
+  twin = studies.Suite("twin", "test", (
+      studies.Variant("ER again", (("entropy_weight", 1.0),)),
+      studies.Variant("ER + JPEG", (("entropy_weight", 1.0),), "jpeg:75")))
   left = dict(attack_datasets=("set5",), attacks=("fda", "ifgsm"), eps=(4 / 255,), steps=2,
               clever=True, clever_samples=4, max_images=2)
   work = experiment.remaining_work([TINY, twin], recipe, runs_root=str(tmp_path / "runs"),
@@ -291,29 +291,29 @@ def test_remaining_work_counts_each_network_once(data_dir, tmp_path):
   assert [(s, v.name, g) for s, v, _, _, g in work["variants"]] == [
       ("tiny", "plain", 42), ("tiny", "ER", 42), ("twin", "ER again", 42),
       ("twin", "ER + JPEG", 34)]
-  assert experiment.exclude_variants([TINY, twin], ["plain", "ER + JPEG"]) == [
-      experiment.Suite("tiny", "test", TINY.variants[1:]),
-      experiment.Suite("twin", "test", twin.variants[:1])]
-  assert experiment.exclude_variants([TINY], ["plain", "ER"]) == []
+  assert studies.exclude_variants([TINY, twin], ["plain", "ER + JPEG"]) == [
+      studies.Suite("tiny", "test", TINY.variants[1:]),
+      studies.Suite("twin", "test", twin.variants[:1])]
+  assert studies.exclude_variants([TINY], ["plain", "ER"]) == []
   with pytest.raises(ValueError, match=r"Unknown variant\(s\) \['nope'\]: not in suite"):
-    experiment.exclude_variants([TINY, twin], ["nope"])
+    studies.exclude_variants([TINY, twin], ["nope"])
 
 
 def test_paper_numbers_sit_beside_ours(data_dir):
   """Each run the paper states a BSD100 number for gets it, under every suite's variant name;
   defended variants and other runs get none; 'ours' minus 'paper' is computed from the table."""
   recipe = experiment.load_recipe(data_dir=data_dir)
-  lam = experiment.get_suite("lambda")
+  lam = studies.get_suite("lambda")
   table = [{"variant": "lambda=0", "psnr_y/bsd100": 26.5, "fda (relu)/bsd100/4": 33.0}]
-  rows = experiment.paper_comparison(lam, recipe, table)
+  rows = suite_report.paper_comparison(lam, recipe, table)
   assert [(r["variant"], r["paper"], r["ours"]) for r in rows] == [
       ("lambda=0", 27.54, 26.5), ("lambda=0", 31.65, 33.0), ("lambda=0.1", 27.53, None),
       ("lambda=1", 27.28, None), ("lambda=1", 41.03, None), ("lambda=10", 26.41, None)]
-  delta = experiment.paper_comparison(experiment.get_suite("delta"), recipe, [])
+  delta = suite_report.paper_comparison(studies.get_suite("delta"), recipe, [])
   assert [r["paper"] for r in delta if "clean" in r["quantity"]] == [26.89, 27.13, 27.28, 27.34]
-  pre = experiment.paper_comparison(experiment.get_suite("preprocessing"), recipe, [])
+  pre = suite_report.paper_comparison(studies.get_suite("preprocessing"), recipe, [])
   assert {r["variant"] for r in pre} == {"plain + none", "ER + none"}
-  assert experiment.paper_comparison(experiment.get_suite("target_layer"), recipe, []) == [
+  assert suite_report.paper_comparison(studies.get_suite("target_layer"), recipe, []) == [
       dict(variant="pre-upsampler, lambda=1", quantity=q, paper=p, ours=None)
       for q, p in (("clean PSNR-Y, BSD100 (dB)", 27.28), ("FDA 4/255 SR-PSNR, BSD100 (dB)", 41.03))]
 
@@ -321,9 +321,9 @@ def test_paper_numbers_sit_beside_ours(data_dir):
 def test_clever_only_for_undefended_variants(data_dir, tmp_path):
   """A variant behind a pre-processing defense is attacked under both threat models, but gets
   no CLEVER (its SR network's is the undefended variant's)."""
-  suite = experiment.Suite("pre", "test", (
-      experiment.Variant("ER + none", (("entropy_weight", 1.0),)),
-      experiment.Variant("ER + JPEG 75", (("entropy_weight", 1.0),), "jpeg:75", "ER + none")))
+  suite = studies.Suite("pre", "test", (
+      studies.Variant("ER + none", (("entropy_weight", 1.0),)),
+      studies.Variant("ER + JPEG 75", (("entropy_weight", 1.0),), "jpeg:75", "ER + none")))
   recipe = _tiny_recipe(data_dir, steps=2)
   args = dict(RUN_ARGS, attacks=("ifgsm",), max_images=1)
   result = experiment.run_suite(suite, recipe, output_dir=str(tmp_path / "results"),
@@ -335,7 +335,7 @@ def test_clever_only_for_undefended_variants(data_dir, tmp_path):
                    ("ER + JPEG 75 [non-adaptive]", "attack"),
                    ("ER + JPEG 75 [adaptive]", "clean"), ("ER + JPEG 75 [adaptive]", "attack")}
   # suite.md: a second table of the attacked outputs' PSNR-Y against HR (one image: its value).
-  md = open(os.path.join(result["suite_dir"], experiment.TABLE_FILE), encoding="utf-8").read()
+  md = open(os.path.join(result["suite_dir"], suite_report.TABLE_FILE), encoding="utf-8").read()
   hr_part = md.split("The attacked output against HR")[1]
   for r in rows:
     if r["kind"] == "attack":
@@ -355,7 +355,7 @@ def test_clever_only_for_undefended_variants(data_dir, tmp_path):
         assert (f"| {r['model']} | ER + none | ifgsm | set5 | {d:+.2f} ({int(d > 0)}/1) |"
                 in part), (metric, r["model"])
   # suite.png: a second row of panels, the attacked outputs' PSNR-Y against HR.
-  with Image.open(os.path.join(result["suite_dir"], experiment.FIGURE_FILE)) as fig:
+  with Image.open(os.path.join(result["suite_dir"], suite_report.FIGURE_FILE)) as fig:
     assert fig.height == round(2 * 3.8 * 110)
 
 
@@ -369,9 +369,9 @@ def test_eot_draws_are_a_recorded_setting_of_suites_with_defenses(data_dir, tmp_
   experiment.run_suite(TINY, recipe, output_dir=out, runs_root=runs, **args)
   with open(os.path.join(out, "tiny", experiment.SUITE_FILE), encoding="utf-8") as f:
     assert "eot_samples" not in json.load(f)["evaluation"]
-  pre = experiment.Suite("pre", "test", (
-      experiment.Variant("ER + none", (("entropy_weight", 1.0),)),
-      experiment.Variant("ER + resize", (("entropy_weight", 1.0),), "resize:0.9-1.1")))
+  pre = studies.Suite("pre", "test", (
+      studies.Variant("ER + none", (("entropy_weight", 1.0),)),
+      studies.Variant("ER + resize", (("entropy_weight", 1.0),), "resize:0.9-1.1")))
   with pytest.raises(ValueError, match="eot_samples must be an integer >= 1, got 0"):
     experiment.run_suite(pre, recipe, output_dir=out, runs_root=runs, eot_samples=0, **args)
   assert not os.path.exists(os.path.join(out, "pre"))  # refused before anything is written
@@ -381,7 +381,7 @@ def test_eot_draws_are_a_recorded_setting_of_suites_with_defenses(data_dir, tmp_
     assert json.load(f)["evaluation"]["eot_samples"] == 2
   rows = reports.read_rows(result["suite_dir"])
   assert {r.get("shared_from") for r in rows if r["model"] == "ER + none"} == {"tiny/ER"}
-  config = experiment.variant_config(recipe, pre.variants[1], runs)
+  config = studies.variant_config(recipe, pre.variants[1], runs)
   _, net, _, _ = trainer.load_run_model(config.run_dir)
   expected = {k: defenses.defended_sr_models(net, "resize:0.9-1.1", name="ER + resize",
                                              eot_samples=k)["ER + resize [adaptive]"].fingerprint
@@ -405,11 +405,11 @@ def test_a_subset_of_variants(data_dir, tmp_path):
   result = experiment.run_suite(TINY, recipe, output_dir=out, runs_root=runs, variants=["ER"],
                                 **args)
   assert [r["variant"] for r in result["table"]] == ["ER"]
-  md_path = os.path.join(result["suite_dir"], experiment.TABLE_FILE)
+  md_path = os.path.join(result["suite_dir"], suite_report.TABLE_FILE)
   with open(md_path, encoding="utf-8") as f:
     assert "in progress; a listed variant's means are over its cells so far: plain (not " \
         "evaluated yet)." in f.read()
-  assert not os.path.exists(experiment.variant_config(recipe, TINY.variants[0], runs).run_dir)
+  assert not os.path.exists(studies.variant_config(recipe, TINY.variants[0], runs).run_dir)
   result = experiment.run_suite(TINY, recipe, output_dir=out, runs_root=runs,
                                 variants=["plain"], **args)
   assert [r["variant"] for r in result["table"]] == ["plain", "ER"]
@@ -418,7 +418,7 @@ def test_a_subset_of_variants(data_dir, tmp_path):
   assert "in progress" not in finished
   # An interrupted evaluation (ER's one clean cell lost; max_images = 1 -> 1 cell per variant):
   # --report_only lists it, and nothing else changes.
-  er_rows = os.path.join(experiment.variant_report_dir(result["suite_dir"], TINY.variants[1]),
+  er_rows = os.path.join(suite_report.variant_report_dir(result["suite_dir"], TINY.variants[1]),
                          reports.ROWS_FILE)
   os.remove(er_rows)
   table = experiment.rewrite_suite_report(TINY, recipe, out)
@@ -438,9 +438,9 @@ def test_a_subset_of_variants(data_dir, tmp_path):
       experiment.rewrite_suite_report(TINY, recipe, out)
     with open(md_path, encoding="utf-8") as f:
       assert f.read() == before
-  assert experiment.select_variants(TINY, ["ER", "plain"]).variants == TINY.variants
+  assert studies.select_variants(TINY, ["ER", "plain"]).variants == TINY.variants
   with pytest.raises(ValueError, match="Unknown variant"):
-    experiment.select_variants(TINY, [])
+    studies.select_variants(TINY, [])
 
 
 def test_expected_cells_by_hand():
@@ -452,11 +452,11 @@ def test_expected_cells_by_hand():
                   attack_images=20, attacks=["fda", "ifgsm"], eps_255=[1, 2, 4, 8, 16, 32],
                   clever=True)
   sizes = dict(set5=5, set14=14, bsd100=100)
-  pre = experiment.get_suite("preprocessing")
-  cells = experiment.expected_cells(pre, settings, sizes)
+  pre = studies.get_suite("preprocessing")
+  cells = suite_report.expected_cells(pre, settings, sizes)
   assert cells["plain + none"] == 424 and cells["ER + JPEG 75"] == 838
-  assert experiment.expected_cells(pre, settings, dict(sizes, set5=2))["ER + none"] == 382
-  assert experiment.expected_cells(pre, dict(settings, clever=False), sizes)["ER + none"] == 419
+  assert suite_report.expected_cells(pre, settings, dict(sizes, set5=2))["ER + none"] == 382
+  assert suite_report.expected_cells(pre, dict(settings, clever=False), sizes)["ER + none"] == 419
 
 
 def test_suite_figure_keeps_near_equal_variants_near():

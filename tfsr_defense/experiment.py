@@ -1,36 +1,23 @@
-"""The paper's studies (Choi et al., ACCV 2020, sec. 5.1-5.6) as suites: train, evaluate, tabulate.
+"""Runs the paper's studies (``studies``: Choi et al., ACCV 2020, sec. 5.1-5.6): train, evaluate.
 
     python -m tfsr_defense.experiment --suite=lambda --dry_run     # the plan and its estimated time
     python -m tfsr_defense.experiment --suite=lambda               # train + evaluate (resumable)
     python -m tfsr_defense.experiment --suite=all --dry_run        # what is left of every study
 
-A suite is a list of variants of one shared recipe (``flags/experiments/edsr_x4_study.cfg``:
-EDSR-baseline x4, T91 + BSD200, LR patch 32, batch 16, 4000 steps). A variant
-changes only what its study varies (``SUITES``):
-
-| suite | paper | variants |
-|---|---|---|
-| networks | sec. 5.1, Fig. 2 | each network plain and with the regularizer |
-| ablation | sec. 5.2, Fig. 5 | none / probability estimation (PE) / noise / PE + noise |
-| lambda | sec. 5.3, Fig. 6 | lambda = 0, 0.1, 1, 10 |
-| target_layer | sec. 5.4, Fig. 7 | regularizer on the first conv, lambda = 0.1, 1, 10 |
-| delta | sec. 5.5, Fig. 8 | delta = 0.01, 0.1, 1, 10 at lambda = 1 |
-| adversarial | sec. 5.6, Fig. 9 | ER, Adv (I-FGSM alpha 8/255, T 1), ER + Adv |
-| preprocessing | sec. 5.6 | plain and ER networks behind none / JPEG 75 / random resize |
-
-Training runs live in ``runs/experiments/<run>/``, named by what they change
-(``edsr_lambda0.1``...): a variant shared by several suites (the lambda = 1
-network is in six) is trained once. Each run resumes from its checkpoints.
-Every variant is then evaluated into ``results/experiments/<suite>/`` (the
-report store of ``evaluation``: clean PSNR-Y / SSIM-Y on the clean datasets;
-FDA (official: all ReLU maps) and I-FGSM at every eps on the attack datasets;
-CLEVER on Set5 for the undefended variants) and the suite's table ``suite.md`` and figure
-``suite.png`` (SR-PSNR against eps per variant, CLEVER against clean PSNR) are
-written from it. A network evaluated in one suite is not evaluated again in
-another with the same recipe and settings: its cells are copied
-(``share_evaluation``). Re-running a suite skips finished training and finished
-evaluation cells. The suite directory records its recipe; a re-run with
-another recipe (or budget) is refused, so one suite never mixes recipes.
+Every variant of a suite is the shared recipe (``flags/experiments/edsr_x4_study.cfg``:
+EDSR-baseline x4, T91 + BSD200, LR patch 32, batch 16, 4000 steps) with only what its study
+varies changed (``studies.SUITES``). Training runs live in ``runs/experiments/<run>/``, named
+by what they change (``edsr_lambda0.1``...): a variant shared by several suites (the lambda =
+1 network is in six) is trained once. Each run resumes from its checkpoints. Every variant
+is then evaluated into ``results/experiments/<suite>/`` (the report store of
+``evaluation``: clean PSNR-Y / SSIM-Y on the clean datasets; FDA (official: all ReLU maps)
+and I-FGSM at every eps on the attack datasets; CLEVER on Set5 for the undefended
+variants) and the suite's report (``suite_report``: ``suite.md``, ``suite.png``) is
+written from it. A network evaluated in one suite is not evaluated again in another with
+the same recipe and settings: its cells are copied (``share_evaluation``). Re-running a
+suite skips finished training and finished evaluation cells. The suite directory records
+its recipe; a re-run with another recipe (or budget) is refused, so one suite never mixes
+recipes. Two processes (one per core) share a suite's work through ``fileio.ProcessLock``.
 """
 
 import dataclasses
@@ -42,112 +29,14 @@ import time
 
 from absl import flags
 
-from tfsr_defense import (cli, comparison, data, defenses, evaluation, fileio, models, reports,
-                          trainer)
+from tfsr_defense import (cli, data, defenses, evaluation, fileio, models, reports, studies,
+                          suite_report, trainer)
 
-__all__ = ["Variant", "Suite", "SUITES", "known_suites", "get_suite", "load_recipe",
-           "variant_config", "run_name", "select_variants", "exclude_variants", "plan",
-           "remaining_gradients", "remaining_work", "run_suite", "expected_cells",
-           "rewrite_suite_report", "share_evaluation", "suite_table", "paper_comparison",
-           "paired_comparison", "write_suite_report", "PAPER_NUMBERS", "DEFAULT_RECIPE"]
+__all__ = ["load_recipe", "plan", "remaining_gradients", "remaining_work", "estimate_seconds",
+           "run_suite", "rewrite_suite_report", "share_evaluation", "DEFAULT_RECIPE"]
 
 DEFAULT_RECIPE = os.path.join("flags", "experiments", "edsr_x4_study.cfg")
 SUITE_FILE = "suite.json"
-TABLE_FILE = "suite.md"
-FIGURE_FILE = "suite.png"
-PAIRED_FIGURE_FILE = "suite_paired.png"
-
-
-@dataclasses.dataclass(frozen=True)
-class Variant:
-  """One variant of a suite.
-
-  Attributes:
-    name: its label in the suite's reports (e.g. 'lambda=0.1').
-    train: TrainConfig fields it changes from the recipe.
-    defense: input pre-processing in front of the trained network at
-      evaluation ('none', or a ``defenses.parse_defense`` spec, e.g. 'jpeg:75').
-    baseline: the name of the suite's variant it is compared with image by
-      image in ``suite.md`` (``comparison.paired_differences``); '' for none.
-  """
-  name: str
-  train: tuple = ()   # ((field, value), ...): hashable, ordered
-  defense: str = "none"
-  baseline: str = ""
-
-  @property
-  def overrides(self):
-    return dict(self.train)
-
-
-@dataclasses.dataclass(frozen=True)
-class Suite:
-  """A study of the paper: its variants of the shared recipe."""
-  name: str
-  paper: str
-  variants: tuple
-
-  @property
-  def has_defenses(self):
-    """Whether a variant evaluates its network behind a pre-processing defense."""
-    return any(v.defense != "none" for v in self.variants)
-
-
-def _v(name, defense="none", baseline="", **train):
-  return Variant(name, tuple(sorted(train.items())), defense, baseline)
-
-
-_PLAIN = dict(entropy_weight=0.0)
-_ER = dict(entropy_weight=1.0)
-
-# Baselines (``Variant.baseline``): the plain network where the suite has one; in the delta
-# study the paper's delta = 1, in the target-layer study the paper's default position.
-SUITES = {s.name: s for s in (
-    Suite("ablation", "sec. 5.2, Fig. 5", (
-        _v("none", **_PLAIN),
-        _v("PE", baseline="none", entropy_weight=1.0, noise=False),
-        _v("noise", baseline="none", entropy_weight=1.0, estimate_entropy=False),
-        _v("PE+noise", baseline="none", **_ER))),
-    Suite("lambda", "sec. 5.3, Fig. 6", tuple(
-        _v(f"lambda={lam:g}", baseline="lambda=0" if lam else "", entropy_weight=lam)
-        for lam in (0.0, 0.1, 1.0, 10.0))),
-    Suite("target_layer", "sec. 5.4, Fig. 7", tuple(
-        _v(f"first conv, lambda={lam:g}", baseline="pre-upsampler, lambda=1",
-           entropy_weight=lam, entropy_layer="first")
-        for lam in (0.1, 1.0, 10.0)) + (_v("pre-upsampler, lambda=1", **_ER),)),
-    Suite("delta", "sec. 5.5, Fig. 8", tuple(
-        _v(f"delta={d:g}", baseline="delta=1" if d != 1.0 else "", entropy_weight=1.0, delta=d)
-        for d in (0.01, 0.1, 1.0, 10.0))),
-    Suite("adversarial", "sec. 5.6, Fig. 9", (
-        _v("plain", **_PLAIN),
-        _v("ER", baseline="plain", **_ER),
-        _v("Adv", baseline="plain", entropy_weight=0.0, adversarial="ifgsm"),
-        _v("ER+Adv", baseline="plain", entropy_weight=1.0, adversarial="ifgsm"))),
-    Suite("preprocessing", "sec. 2.3 and 5.6", tuple(
-        _v(f"{net} + {label}", defense=defense,
-           baseline="" if (net, defense) == ("plain", "none") else "plain + none", **train)
-        for net, train in (("plain", _PLAIN), ("ER", _ER))
-        for label, defense in (("none", "none"), ("JPEG 75", "jpeg:75"),
-                               ("resize 0.9-1.1", "resize:0.9-1.1")))),
-    Suite("networks", "sec. 5.1, Fig. 2", tuple(
-        _v(f"{net} {kind}", baseline="" if kind == "plain" else f"{net} plain", model=net,
-           **train)
-        for net in ("edsr", "carn", "carn_m", "srresnet", "msrn", "rcan")
-        for kind, train in (("plain", _PLAIN), ("ER", dict(entropy_weight=None))))),
-)}
-
-
-def known_suites():
-  return sorted(SUITES)
-
-
-def get_suite(name):
-  """The Suite ``name``; ValueError listing the known suites otherwise."""
-  try:
-    return SUITES[name]
-  except KeyError:
-    raise ValueError(f"Unknown suite '{name}'. Known suites: {', '.join(known_suites())}.") \
-        from None
 
 
 def load_recipe(path=DEFAULT_RECIPE, steps=None, data_dir=None):
@@ -188,39 +77,6 @@ def load_recipe(path=DEFAULT_RECIPE, steps=None, data_dir=None):
     config = dataclasses.replace(config, data_dir=data_dir)
   config.validate()
   return config
-
-
-def run_name(recipe, variant):
-  """Run directory name of a variant: the network and what it changes from the recipe.
-
-  E.g. 'edsr_lambda0', 'edsr_lambda1_delta0.01', 'edsr_lambda1_first', 'carn_lambda1'.
-  Two variants with the same training configuration get the same name.
-  """
-  config = variant_config(recipe, variant, runs_root="")
-  parts = [config.model, f"lambda{config.lam:g}"]
-  if config.lam > 0:
-    if config.delta != 1.0:
-      parts.append(f"delta{config.delta:g}")
-    if not config.noise:
-      parts.append("nonoise")
-    if not config.estimate_entropy:
-      parts.append("noPE")
-    if config.entropy_layer != "pre_upsampler":
-      parts.append(config.entropy_layer)
-  if config.adversarial != "none":
-    parts.append(f"adv-{config.adversarial}{config.adv_eps * 255:g}x{config.adv_steps}")
-  return "_".join(parts)
-
-
-def variant_config(recipe, variant, runs_root=os.path.join("runs", "experiments")):
-  """The TrainConfig of a variant: the recipe with the variant's changes and its run directory."""
-  changes = dict(variant.overrides)
-  config = dataclasses.replace(recipe, **changes)
-  if "model" in changes and "entropy_weight" not in changes:
-    config = dataclasses.replace(config, entropy_weight=None)
-  if not runs_root:
-    return config
-  return dataclasses.replace(config, run_dir=os.path.join(runs_root, run_name(recipe, variant)))
 
 
 def _recipe_record(recipe):
@@ -270,44 +126,11 @@ def _trained(config):
     return json.load(f).get("step") == config.steps
 
 
-def select_variants(suite, names):
-  """``suite`` with only the variants named in ``names`` (in the suite's order).
-
-  Raises:
-    ValueError: a name that is not a variant of the suite, or no name at all.
-  """
-  known = [v.name for v in suite.variants]
-  unknown = [n for n in names if n not in known]
-  if unknown or not names:
-    raise ValueError(f"Unknown variant(s) {unknown} of suite '{suite.name}': use some of "
-                     f"{known}.")
-  return dataclasses.replace(suite, variants=tuple(v for v in suite.variants if v.name in names))
-
-
-def exclude_variants(suites, names):
-  """``suites`` without the variants named in ``names`` (a suite left empty is dropped).
-
-  Raises:
-    ValueError: a name that is a variant of none of the suites.
-  """
-  known = {v.name for suite in suites for v in suite.variants}
-  unknown = [n for n in names if n not in known]
-  if unknown:
-    raise ValueError(f"Unknown variant(s) {unknown}: not in suite(s) "
-                     f"{', '.join(s.name for s in suites)}.")
-  out = []
-  for suite in suites:
-    kept = tuple(v for v in suite.variants if v.name not in names)
-    if kept:
-      out.append(dataclasses.replace(suite, variants=kept))
-  return out
-
-
 def plan(suite, recipe, runs_root=os.path.join("runs", "experiments")):
   """[(variant, TrainConfig, status)] with status 'trained', 'resumable at step N' or 'new'."""
   out = []
   for variant in suite.variants:
-    config = variant_config(recipe, variant, runs_root)
+    config = studies.variant_config(recipe, variant, runs_root)
     if _trained(config):
       status = "trained"
     else:
@@ -389,7 +212,7 @@ def run_suite(suite, recipe, *, output_dir=os.path.join("results", "experiments"
     raise ValueError(f"eot_samples must be an integer >= 1, got {eot_samples!r}.")
   if suite.has_defenses:
     eval_settings["eot_samples"] = eot_samples
-  selected = suite if variants is None else select_variants(suite, variants)
+  selected = suite if variants is None else studies.select_variants(suite, variants)
   # Every input is checked before anything is written or trained.
   scale = recipe.scale
   sets = {}
@@ -404,15 +227,15 @@ def run_suite(suite, recipe, *, output_dir=os.path.join("results", "experiments"
       if not train:
         skipped.append(variant.name)
         continue
-      with _Lock(config.run_dir) as locked:
+      with fileio.ProcessLock(config.run_dir) as locked:
         if not locked:
           log(f"  {config.run_dir} is being trained by process {locked.owner}: skipped for now")
           busy.append(variant.name)
           continue
         if not _trained(config):  # another process may have finished it meanwhile
           trainer.train(config, log=log, flags_text=flags_text(config))
-    report_dir = variant_report_dir(suite_dir, variant)
-    with _Lock(report_dir) as locked:
+    report_dir = suite_report.variant_report_dir(suite_dir, variant)
+    with fileio.ProcessLock(report_dir) as locked:
       if not locked:
         log(f"  {report_dir} is being evaluated by process {locked.owner}: skipped for now")
         busy.append(variant.name)
@@ -439,35 +262,9 @@ def run_suite(suite, recipe, *, output_dir=os.path.join("results", "experiments"
         evaluation.evaluate(nets, {"set5": sets["set5"]}, report_dir, attacks=(), clever=True,
                             clever_samples=clever_samples, clever_batch=clever_batch,
                             precision=precision, plots=plots, progress=True)
-  expected = expected_cells(suite, eval_settings, {k: len(v) for k, v in sets.items()})
-  table = write_suite_report(suite, suite_dir, recipe, expected=expected)
+  expected = suite_report.expected_cells(suite, eval_settings, {k: len(v) for k, v in sets.items()})
+  table = suite_report.write_suite_report(suite, suite_dir, recipe, expected=expected)
   return dict(suite_dir=suite_dir, table=table, skipped_variants=skipped, busy_variants=busy)
-
-
-def expected_cells(suite, eval_settings, sizes):
-  """The report rows (cells) a finished evaluation of each variant holds.
-
-  Args:
-    suite: Suite.
-    eval_settings: the evaluation settings ``run_suite`` records in ``suite.json``.
-    sizes: images per dataset ({name: count}, after ``max_images``).
-
-  Returns:
-    dict variant name -> cells: per view (the variant, or its non-adaptive and
-    adaptive views behind a defense) one clean cell per image of the clean
-    datasets and one attack cell per attacked image, eps and attack; plus one
-    CLEVER cell per Set5 image for an undefended variant when CLEVER is on.
-  """
-  attacked = sum(sizes[d] if d == "set5" else min(sizes[d], eval_settings["attack_images"])
-                 for d in eval_settings["attack_datasets"])
-  per_view = (sum(sizes[d] for d in eval_settings["clean_datasets"])
-              + attacked * len(eval_settings["eps_255"]) * len(eval_settings["attacks"]))
-  out = {}
-  for variant in suite.variants:
-    views = 1 if variant.defense == "none" else len(defenses.THREAT_MODELS)
-    clever = sizes.get("set5", 0) if eval_settings["clever"] and variant.defense == "none" else 0
-    out[variant.name] = views * per_view + clever
-  return out
 
 
 def rewrite_suite_report(suite, recipe, output_dir=os.path.join("results", "experiments")):
@@ -502,8 +299,8 @@ def rewrite_suite_report(suite, recipe, output_dir=os.path.join("results", "expe
   sizes = {name: len(data.load_pairs(name, recipe.scale, data_dir=recipe.data_dir,
                                      max_images=settings.get("max_images")))
            for name in names}
-  return write_suite_report(suite, suite_dir, recipe,
-                            expected=expected_cells(suite, settings, sizes))
+  return suite_report.write_suite_report(suite, suite_dir, recipe,
+                            expected=suite_report.expected_cells(suite, settings, sizes))
 
 
 def share_evaluation(output_dir, suite, variant, recipe, eval_settings, fingerprint):
@@ -520,8 +317,8 @@ def share_evaluation(output_dir, suite, variant, recipe, eval_settings, fingerpr
   Returns:
     the number of rows copied (0 when nothing new was found).
   """
-  ours = variant_report_dir(os.path.join(output_dir, suite.name), variant)
-  target = run_name(recipe, variant)
+  ours = suite_report.variant_report_dir(os.path.join(output_dir, suite.name), variant)
+  target = studies.run_name(recipe, variant)
   record = _sharing_record(dict(recipe=_recipe_record(recipe), evaluation=eval_settings))
   have = {r.get("cell") for r in reports.read_rows(ours)}
   copied = 0
@@ -529,10 +326,10 @@ def share_evaluation(output_dir, suite, variant, recipe, eval_settings, fingerpr
     if _sharing_record(saved) != record:
       continue
     for theirs in their_variants:
-      if theirs.defense != "none" or run_name(recipe, theirs) != target or (
+      if theirs.defense != "none" or studies.run_name(recipe, theirs) != target or (
           other == suite.name and theirs.name == variant.name):
         continue
-      source = variant_report_dir(os.path.join(output_dir, other), theirs)
+      source = suite_report.variant_report_dir(os.path.join(output_dir, other), theirs)
       old_key = f"|{theirs.name}|{fingerprint}|"
       for row in reports.read_rows(source, repair=False):
         if row.get("model") != theirs.name or row.get("model_id") != fingerprint or \
@@ -559,7 +356,7 @@ def _suite_records(output_dir):
     path = os.path.join(output_dir, other, SUITE_FILE)
     if os.path.isfile(path):
       saved = _read_suite_record(path)
-      out.append((other, saved, [Variant(v["name"], tuple(tuple(t) for t in v["train"]),
+      out.append((other, saved, [studies.Variant(v["name"], tuple(tuple(t) for t in v["train"]),
                                          v["defense"]) for v in saved.get("variants", ())]))
   return out
 
@@ -584,71 +381,6 @@ def _copy_example(source, target, old_name, new_name, row):
     os.makedirs(os.path.dirname(dst), exist_ok=True)
     shutil.copyfile(src, dst + ".tmp")
     os.replace(dst + ".tmp", dst)
-
-
-def variant_report_dir(suite_dir, variant):
-  """The evaluation report directory of one variant inside its suite's directory."""
-  return os.path.join(suite_dir, "variants", reports.safe_name(variant.name))
-
-
-class _Lock:
-  """``<path>.lock`` held by this process while it trains / evaluates there (O_EXCL file).
-
-  A lock whose process is gone is taken over. ``with _Lock(p) as locked``:
-  ``bool(locked)`` says whether this process holds it; ``locked.owner`` is
-  the pid that holds it otherwise. Two suites (or two processes of one suite,
-  one per core) thus never train one run or fill one report at the same time.
-  """
-
-  def __init__(self, path):
-    self.path = os.path.normpath(path) + ".lock"
-    self.owner = None
-    self.held = False
-
-  def __enter__(self):
-    os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-    for _ in range(2):
-      try:
-        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-      except FileExistsError:
-        try:
-          with open(self.path, encoding="utf-8") as f:
-            self.owner = int(f.read().strip() or 0)
-        except (OSError, ValueError):
-          self.owner = 0
-        if self.owner and _alive(self.owner):
-          return self
-        try:
-          os.remove(self.path)  # a stale lock: its process is gone
-        except FileNotFoundError:
-          pass
-        continue
-      with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(str(os.getpid()))
-      self.held, self.owner = True, os.getpid()
-      return self
-    return self
-
-  def __bool__(self):
-    return self.held
-
-  def __exit__(self, *exc):
-    if self.held:
-      try:
-        os.remove(self.path)
-      except FileNotFoundError:
-        pass
-    return False
-
-
-def _alive(pid):
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
 
 
 def flags_text(config):
@@ -683,181 +415,6 @@ def _copy_run_files(config, target):
         payload = f.read()
       with open(os.path.join(target, name), "wb") as f:
         f.write(payload)
-
-
-def _report_names(suite, summary):
-  """The suite's report model names in variant order ('<variant> [<threat model>]' after it)."""
-  present = {s["model"] for s in summary}
-  names = []
-  for variant in suite.variants:
-    names += sorted(n for n in present if n == variant.name or n.startswith(variant.name + " ["))
-  return names
-
-
-def suite_table(suite, summary, metric="sr_psnr", clean=True):
-  """One row per variant (and threat model): clean PSNR-Y per dataset and CLEVER on Set5
-  (``clean``), and per attack and eps the mean of ``metric`` ('sr_psnr': SR-PSNR, dB;
-  'adv_psnr_y': the attacked output's PSNR-Y against HR, dB)."""
-  rows = []
-  for name in _report_names(suite, summary):
-    row = dict(variant=name)
-    for s in summary:
-      if s["model"] != name:
-        continue
-      if s["kind"] == "clean" and clean:
-        row[f"psnr_y/{s['dataset']}"] = s["psnr_y"]
-      elif s["kind"] == "clever" and s["dataset"] == "set5" and clean:
-        row["clever/set5"] = s["clever"]
-      elif s["kind"] == "attack":
-        row[f"{reports.attack_label(s)}/{s['dataset']}/{s['eps_255']:g}"] = s[metric]
-    rows.append(row)
-  return rows
-
-
-def _markdown_table(table):
-  """Markdown lines of ``suite_table`` rows: clean PSNR columns first, then by name, set, eps."""
-  columns = sorted({k for r in table for k in r if k != "variant"},
-                   key=lambda k: (k.split("/")[0] != "psnr_y", k.split("/")[0],
-                                  k.split("/")[1] if "/" in k else "",
-                                  float(k.split("/")[2]) if k.count("/") == 2 else 0.0))
-  lines = ["| variant | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
-  for r in table:
-    lines.append(f"| {r['variant']} | " + " | ".join(
-        "–" if r.get(c) is None else f"{r[c]:.2f}" for c in columns) + " |")
-  return lines
-
-
-# The numbers the paper states for EDSR x4 on BSD100 (Choi et al., ACCV 2020: its lambda
-# study (sec. 5.3), its delta study (sec. 5.5) and EDSR's FDA at eps = 4/255), by training run name
-# (``run_name``): the plain network is lambda = 0, the defended one lambda = 1, delta = 1.
-PAPER_NUMBERS = {
-    "edsr_lambda0": {"psnr_y/bsd100": 27.54, "fda (relu)/bsd100/4": 31.65},
-    "edsr_lambda0.1": {"psnr_y/bsd100": 27.53},
-    "edsr_lambda1": {"psnr_y/bsd100": 27.28, "fda (relu)/bsd100/4": 41.03},
-    "edsr_lambda10": {"psnr_y/bsd100": 26.41},
-    "edsr_lambda1_delta0.01": {"psnr_y/bsd100": 26.89},
-    "edsr_lambda1_delta0.1": {"psnr_y/bsd100": 27.13},
-    "edsr_lambda1_delta10": {"psnr_y/bsd100": 27.34},
-}
-_QUANTITIES = {"psnr_y/bsd100": "clean PSNR-Y, BSD100 (dB)",
-               "fda (relu)/bsd100/4": "FDA 4/255 SR-PSNR, BSD100 (dB)"}
-
-
-def paper_comparison(suite, recipe, table):
-  """Rows (variant, quantity, paper, ours) for the variants the paper states a number for.
-
-  Only undefended variants whose training run is one of ``PAPER_NUMBERS``
-  (EDSR x4 at the paper's lambda / delta); ``ours`` is None until evaluated.
-  """
-  ours = {r["variant"]: r for r in table}
-  rows = []
-  for variant in suite.variants:
-    if variant.defense != "none":
-      continue
-    for key, paper in PAPER_NUMBERS.get(run_name(recipe, variant), {}).items():
-      rows.append(dict(variant=variant.name, quantity=_QUANTITIES[key], paper=paper,
-                       ours=ours.get(variant.name, {}).get(key)))
-  return rows
-
-
-def paired_comparison(suite, rows, attack_metric="sr_psnr"):
-  """``[(report name, baseline report name, comparison.paired_differences), ...]``.
-
-  For every variant with a ``baseline`` and every report name of it (each
-  threat model behind a defense), in variant order; pairs without a common
-  image are left out.
-  """
-  names = sorted({r["model"] for r in rows})
-  pairs = []
-  for variant in suite.variants:
-    if not variant.baseline:
-      continue
-    for name in names:
-      if name == variant.name or name.startswith(variant.name + " ["):
-        diffs = comparison.paired_differences(rows, name, variant.baseline, attack_metric)
-        if diffs:
-          pairs.append((name, variant.baseline, diffs))
-  return pairs
-
-
-def write_suite_report(suite, suite_dir, recipe=None, expected=None):
-  """Merge the variants' report stores into the suite's; write ``suite.md`` and ``suite.png``.
-
-  The suite directory then holds the merged ``rows.jsonl`` / ``rows.csv``,
-  ``summary.*`` (``reports.write_reports``), the one-table ``suite.md`` (with
-  ``recipe``, also the paper's numbers beside ours: ``paper_comparison``),
-  the paired differences against each variant's baseline (table and
-  ``suite_paired.png``, ``plots.plot_paired``) and the figure ``suite.png``
-  (suites with a pre-processing variant: also the attacked outputs' PSNR-Y
-  against HR, as a second table and a second row of panels); each variant's
-  own report (and figures, with
-  ``plots``) stays in ``variants/<variant>/``. With ``expected``
-  (``expected_cells``) ``suite.md`` lists the variants whose evaluation is
-  not finished, with their cells so far: their means are over those cells.
-  """
-  rows, progress = [], []
-  for variant in suite.variants:
-    own = reports.read_rows(variant_report_dir(suite_dir, variant))
-    rows += own
-    done = len({r.get("cell") for r in own})
-    if expected is not None and done < expected[variant.name]:
-      progress.append(f"{variant.name} ({done} of {expected[variant.name]} cells)"
-                      if done else f"{variant.name} (not evaluated yet)")
-  os.makedirs(suite_dir, exist_ok=True)
-  fileio.atomic_write(os.path.join(suite_dir, reports.ROWS_FILE),
-                      "".join(fileio.json_text(r) + "\n" for r in rows))
-  summary = reports.write_reports(suite_dir)
-  table = suite_table(suite, summary)
-  lines = [f"# Suite '{suite.name}' (Choi et al., ACCV 2020, {suite.paper})", "",
-           "psnr_y/<set>: clean PSNR-Y (dB; S(x) vs HR, Y, shave = scale, peak 255). "
-           "<attack>/<set>/<eps>: mean SR-PSNR (dB; S(x) vs S(x~), Y, shave = scale, peak 255) "
-           "at eps/255. clever/set5: mean CLEVER (paper eq. 15). Settings and per-image rows: "
-           f"{reports.MARKDOWN_FILE}, {reports.ROWS_CSV}.", ""] + _markdown_table(table)
-  if progress:
-    lines += ["", "Evaluation in progress; a listed variant's means are over its cells so far: "
-              + ", ".join(progress) + "."]
-  if suite.has_defenses:
-    lines += ["", "The attacked output against HR: <attack>/<set>/<eps>: mean PSNR-Y (dB; S(x~) "
-              "vs HR, Y, shave = scale, peak 255); compare with psnr_y/<set> above. Behind a "
-              "random defense SR-PSNR compares two independent draws and stays finite even "
-              "unattacked; this has no such floor.", ""]
-    lines += _markdown_table(suite_table(suite, summary, metric="adv_psnr_y", clean=False))
-  pairs = paired_comparison(suite, rows)
-  if pairs:
-    lines += ["", "Paired differences, variant − baseline, image by image over the images both "
-              "have: mean ± standard error (k/n: the variant's value is the higher on k of the "
-              "n images). Clean PSNR-Y (dB) and SR-PSNR (dB): higher is better / more robust; "
-              "CLEVER: lower is more robust.", ""] + comparison.markdown_lines(pairs)
-  extra = [("adv_psnr_y", "The same for the attacked outputs' PSNR-Y against HR (dB):")] \
-      if suite.has_defenses else []
-  extra.append(("lr_psnr", "The same for the attacked inputs' LR-PSNR (dB; x vs x~, RGB, no "
-                "shave, peak 1): higher = the attack, within the same eps, moved x less (its "
-                "steps cancel or find no gradient; a sign of gradient masking when SR-PSNR "
-                "rises with it):"))
-  for metric, text in extra:
-    more = [(n, b, [p for p in ps if p["kind"] == "attack"])
-            for n, b, ps in paired_comparison(suite, rows, attack_metric=metric)]
-    if any(ps for _, _, ps in more):
-      lines += ["", text, ""] + comparison.markdown_lines(more)
-  comparison_rows = paper_comparison(suite, recipe, table) if recipe is not None else []
-  if comparison_rows:
-    lines += ["", "The paper's numbers beside ours (paper: EDSR x4 with its full DIV2K recipe, "
-              "all of BSD100; ours: this suite's CPU recipe, FDA on the attacked BSD100 "
-              "images):", "", "| variant | quantity | paper | ours | ours − paper |",
-              "|---|---|---|---|---|"]
-    for r in comparison_rows:
-      diff = "–" if r["ours"] is None else f"{r['ours'] - r['paper']:+.2f}"
-      ours = "–" if r["ours"] is None else f"{r['ours']:.2f}"
-      lines.append(f"| {r['variant']} | {r['quantity']} | {r['paper']:.2f} | {ours} | {diff} |")
-  fileio.atomic_write(os.path.join(suite_dir, TABLE_FILE), "\n".join(lines) + "\n")
-  from tfsr_defense import plots  # pylint: disable=g-import-not-at-top
-  plots.plot_suite(summary, _report_names(suite, summary), os.path.join(suite_dir, FIGURE_FILE),
-                   title=f"{suite.name} ({suite.paper})", against_hr=suite.has_defenses)
-  if pairs:
-    plots.plot_paired(pairs, _report_names(suite, summary),
-                      os.path.join(suite_dir, PAIRED_FIGURE_FILE),
-                      title=f"{suite.name} ({suite.paper}): each variant against its baseline")
-  return table
 
 
 def remaining_gradients(suite, recipe, *, output_dir, runs_root,
@@ -897,15 +454,15 @@ def remaining_gradients(suite, recipe, *, output_dir, runs_root,
       continue
     for theirs in their_variants:
       if theirs.defense == "none":
-        rows = reports.read_rows(variant_report_dir(os.path.join(output_dir, other), theirs),
-                                 repair=False)
-        runs.setdefault(run_name(recipe, theirs), []).append((rows, theirs.name))
+        their_dir = suite_report.variant_report_dir(os.path.join(output_dir, other), theirs)
+        rows = reports.read_rows(their_dir, repair=False)
+        runs.setdefault(studies.run_name(recipe, theirs), []).append((rows, theirs.name))
   out = {}
   for variant in suite.variants:
-    own = reports.read_rows(variant_report_dir(os.path.join(output_dir, suite.name), variant),
-                            repair=False)
+    own_dir = suite_report.variant_report_dir(os.path.join(output_dir, suite.name), variant)
+    own = reports.read_rows(own_dir, repair=False)
     if variant.defense == "none":
-      sources = [(own, variant.name)] + runs.get(run_name(recipe, variant), [])
+      sources = [(own, variant.name)] + runs.get(studies.run_name(recipe, variant), [])
       views = {variant.name: 1.0}
     else:
       sources = [(own, None)]
@@ -945,7 +502,7 @@ def remaining_work(suites, recipe, *, runs_root, **evaluation_settings):
       variants.append((suite.name, variant, config, status, left[variant.name]))
       if status != "trained":
         steps[config.run_dir] = config.steps - _latest_step(config.run_dir)
-      key = (run_name(recipe, variant) if variant.defense == "none"
+      key = (studies.run_name(recipe, variant) if variant.defense == "none"
              else (suite.name, variant.name))
       grads[key] = max(grads.get(key, 0.0), left[variant.name])
   return dict(variants=variants, runs=len(steps), steps=sum(steps.values()),
@@ -1004,7 +561,7 @@ def measure_step_and_gradient(recipe):
 
 FLAGS = flags.FlagValues()
 ALL_SUITES = "all"
-flags.DEFINE_enum("suite", None, known_suites() + [ALL_SUITES], "The study to run ('all': "
+flags.DEFINE_enum("suite", None, studies.known_suites() + [ALL_SUITES], "The study to run ('all': "
                   "every suite, with --dry_run or --report_only only).", flag_values=FLAGS)
 flags.DEFINE_string("recipe", DEFAULT_RECIPE, "Shared recipe flag file of the suite.",
                     flag_values=FLAGS)
@@ -1090,13 +647,13 @@ def main(argv):
     if not (FLAGS.dry_run or FLAGS.report_only) or FLAGS.variant:
       raise ValueError("--suite=all goes with --dry_run or --report_only (and --exclude_variant, "
                        "not --variant); run the suites one by one.")
-    suites = [get_suite(name) for name in known_suites()]
+    suites = [studies.get_suite(name) for name in studies.known_suites()]
   else:
-    suites = [get_suite(FLAGS.suite)]
+    suites = [studies.get_suite(FLAGS.suite)]
     if FLAGS.variant:
-      suites = [select_variants(suites[0], FLAGS.variant)]
+      suites = [studies.select_variants(suites[0], FLAGS.variant)]
   if FLAGS.exclude_variant:
-    suites = exclude_variants(suites, FLAGS.exclude_variant)
+    suites = studies.exclude_variants(suites, FLAGS.exclude_variant)
     if not suites:
       raise ValueError("--exclude_variant leaves no variant to run.")
   if FLAGS.report_only:
@@ -1105,8 +662,8 @@ def main(argv):
           os.path.join(FLAGS.output_dir, suite.name, SUITE_FILE)):
         print(f"Suite '{suite.name}': not run yet under {FLAGS.output_dir}; skipped.")
         continue
-      rewrite_suite_report(get_suite(suite.name), recipe, FLAGS.output_dir)
-      print(f"Suite report: {os.path.join(FLAGS.output_dir, suite.name, TABLE_FILE)}")
+      rewrite_suite_report(studies.get_suite(suite.name), recipe, FLAGS.output_dir)
+      print(f"Suite report: {os.path.join(FLAGS.output_dir, suite.name, suite_report.TABLE_FILE)}")
     return
   if FLAGS.dry_run:
     _dry_run(suites, recipe, FLAGS.recipe, FLAGS.runs_root, dict(
@@ -1115,7 +672,7 @@ def main(argv):
         steps=FLAGS.attack_steps, clever=FLAGS.clever, clever_samples=FLAGS.clever_samples,
         eot_samples=FLAGS.eot_samples, max_images=FLAGS.max_images))
     return
-  suite = get_suite(FLAGS.suite)  # the whole suite: its report covers every variant
+  suite = studies.get_suite(FLAGS.suite)  # the whole suite: its report covers every variant
   selected = ([v.name for v in suites[0].variants]
               if FLAGS.variant or FLAGS.exclude_variant else None)
   result = run_suite(
@@ -1126,7 +683,7 @@ def main(argv):
       precision=FLAGS.precision, eot_samples=FLAGS.eot_samples,
       variants=selected,
       train=FLAGS.train, max_images=FLAGS.max_images)
-  print(f"Suite report: {os.path.join(result['suite_dir'], TABLE_FILE)}")
+  print(f"Suite report: {os.path.join(result['suite_dir'], suite_report.TABLE_FILE)}")
   if result["busy_variants"]:
     print(f"Busy in another process (run the suite again later): "
           f"{', '.join(result['busy_variants'])}", file=sys.stderr)

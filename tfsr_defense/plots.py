@@ -211,7 +211,7 @@ def plot_paired(pairs, variants, path, title=None):
 
   Args:
     pairs: ``[(name, baseline, paired differences), ...]``
-      (``experiment.paired_comparison``).
+      (``suite_report.paired_comparison``).
     variants: all report names in the suite's order (colours as ``plot_suite``).
     path: output .png.
     title: figure title.
