@@ -41,10 +41,13 @@ with warnings.catch_warnings():  # "PyTorch not found. Not importing DeepZ ..." 
   warnings.filterwarnings("ignore", message="PyTorch not found")
   from art.estimators.classification import TensorFlowV2Classifier
 
-__all__ = ["ATTACKS", "EPS_ATTACKS", "AttackSettings", "known_attacks", "check_attack",
-           "CompiledModel", "art_classifier", "make_attack", "run_attack"]
+__all__ = ["ATTACKS", "EPS_ATTACKS", "THREAT_MODELS", "AttackSettings", "known_attacks",
+           "check_attack", "CompiledModel", "art_classifier", "make_attack", "run_attack"]
 
 ATTACKS = ("fgsm", "ifgsm", "mifgsm", "deepfool", "cw")
+# What the attacker sees: 'graybox' (the paper's), the bare classifier; 'adaptive' (white-box,
+# Athalye et al. 2018), classifier(purifier(.)) with BPDA through the non-differentiable steps.
+THREAT_MODELS = ("graybox", "adaptive")
 EPS_ATTACKS = ("fgsm", "ifgsm", "mifgsm")   # L-inf, bounded by eps
 _DESCRIPTIONS = {
     "fgsm": "FGSM, one step of eps (L-inf)",

@@ -28,7 +28,8 @@ L-inf (/255) and L2 ([0, 1] units) norms. Each row is appended at once to
 ``<report_dir>/rows.jsonl``, keyed (``cell``) by every setting that changes
 its numbers (classifier weights, input preparation, defense and SR weights,
 threat model, attack and its parameters, eps, seed); a re-run skips finished
-cells. After every image the reports are rewritten:
+cells. After every image the reports (``classifier_reports``) and figures
+(``classifier_plots``) are rewritten:
 
     rows.jsonl  rows.csv        one row per cell
     summary.json  summary.csv   top-1 accuracies per (defense, threat model, attack, eps)
@@ -50,42 +51,17 @@ import numpy as np
 import tensorflow as tf
 import tqdm
 
-from tfsr_defense import classifier_attacks, classifiers, fileio, reports, serving
+from tfsr_defense import (classifier_attacks, classifier_plots, classifier_reports, classifiers,
+                          reports, serving)
 from tfsr_defense.defenses import purifier as purifier_lib
 
 __all__ = ["THREAT_MODELS", "DEFAULT_EPS", "RESERVED_DEFENSES", "Defense", "make_defenses",
-           "evaluate_classifier", "check_request", "summarize", "markdown", "write_reports",
-           "make_plots", "plot_accuracy_vs_eps", "plot_example_grid", "ROW_FIELDS",
-           "SUMMARY_FIELDS"]
+           "evaluate_classifier", "check_request"]
 
-THREAT_MODELS = ("graybox", "adaptive")
+THREAT_MODELS = classifier_attacks.THREAT_MODELS
 DEFAULT_EPS = tuple(k / 255.0 for k in (1, 2, 4, 8, 16))
 RESERVED_DEFENSES = ("none", "jpeg", "wavelet")
-PLOTS_DIR = "plots"
 EXAMPLES_DIR = reports.EXAMPLES_DIR
-
-ROW_FIELDS = ("classifier", "dataset", "image", "label", "kind", "defense", "threat_model",
-              "attack", "eps", "eps_255", "seed", "pred_clean", "correct_clean",
-              "pred_defended_clean", "correct_defended_clean", "pred_attacked",
-              "correct_attacked", "pred_defended_attacked", "correct_defended_attacked",
-              "linf_255", "l2", "seconds", "defense_config", "attack_config", "input",
-              "classifier_id", "cell")
-ACCURACY_FIELDS = ("acc_clean", "acc_defended_clean", "acc_attacked", "acc_defended_attacked")
-SUMMARY_FIELDS = ("classifier", "dataset", "kind", "defense", "threat_model", "attack", "eps_255",
-                  "images") + ACCURACY_FIELDS + ("linf_255", "l2", "seconds", "defense_config",
-                                                 "attack_config")
-
-CONVENTIONS = (
-    "Top-1 accuracy (fraction of images whose arg-max logit is the true class). clean: the "
-    "classifier on the clean image; defended clean: on the purified clean image; attacked: on "
-    "the adversarial image without defense; defended attacked: on the purified adversarial "
-    "image. graybox: adversarial image made against the bare classifier (the paper's setting); "
-    "adaptive: made against classifier(purifier(.)) with BPDA (identity gradient) through "
-    "wavelet denoising and JPEG and true gradients through SR and resizing (Athalye et al. "
-    "2018); for 'none' both are the same attack (listed under graybox). eps: L-inf radius in "
-    "units of 1/255 of the [0,1] range at the classifier's input size; DeepFool and C&W-L2 are "
-    "unbounded minimal attacks (eps '-'). L-inf (/255) and L2 ([0,1] units) of x_adv - x are "
-    "means over images.")
 
 
 # ---------------------------------------------------------------------------
@@ -399,10 +375,10 @@ def evaluate_classifier(classifier, images, report_dir, defenses, *,
     computed += c
     skipped += s
     if c:
-      write_reports(report_dir, run_settings)
-  summary = write_reports(report_dir, run_settings)
+      classifier_reports.write_reports(report_dir, run_settings)
+  summary = classifier_reports.write_reports(report_dir, run_settings)
   if plots:
-    make_plots(report_dir, class_names=class_names)
+    classifier_plots.make_plots(report_dir, class_names=class_names)
   return dict(summary=summary, computed=computed, skipped=skipped, report_dir=report_dir)
 
 
@@ -507,269 +483,3 @@ def _evaluate_image(runner, im, report_dir, done, *, classifier_name, clf_id, pr
             done.add(cells[d.name])
           computed += 1
   return computed, skipped
-
-
-# ---------------------------------------------------------------------------
-# Reports
-# ---------------------------------------------------------------------------
-
-def summarize(rows):
-  """Top-1 accuracies and mean norms per (classifier, dataset, kind, defense, threat model,
-  attack, eps, defense / attack configuration).
-
-  Returns:
-    list of dicts with SUMMARY_FIELDS; accuracies in [0, 1] (None when the
-    group has no such value), ``images`` the number of rows averaged.
-  """
-  groups = {}
-  for r in rows:
-    k = (r.get("classifier"), r.get("dataset"), r.get("kind"), r.get("defense"),
-         r.get("threat_model") or "", r.get("attack") or "", r.get("eps_255"),
-         r.get("defense_config") or "", r.get("attack_config") or "")
-    groups.setdefault(k, []).append(r)
-  attack_order = {a: i for i, a in enumerate(classifier_attacks.ATTACKS)}
-  kind_order = {"clean": 0, "attack": 1}
-
-  def order(k):
-    return (k[0] or "", k[1] or "", kind_order.get(k[2], 9), k[4], k[3] or "",
-            attack_order.get(k[5], 99), -1 if k[6] is None else k[6], k[7], k[8])
-
-  out = []
-  for k in sorted(groups, key=order):
-    members = groups[k]
-    s = dict(classifier=k[0], dataset=k[1], kind=k[2], defense=k[3], threat_model=k[4] or None,
-             attack=k[5] or None, eps_255=k[6], images=len(members), defense_config=k[7] or None,
-             attack_config=k[8] or None)
-    for field, src in zip(ACCURACY_FIELDS, ("correct_clean", "correct_defended_clean",
-                                             "correct_attacked", "correct_defended_attacked")):
-      vals = [m[src] for m in members if m.get(src) is not None]
-      s[field] = float(np.mean(vals)) if vals else None
-    for field in ("linf_255", "l2", "seconds"):
-      vals = [m[field] for m in members if isinstance(m.get(field), (int, float))]
-      s[field] = float(np.mean(vals)) if vals else None
-    out.append(s)
-  return out
-
-
-def _fmt(v, digits=3):
-  return "–" if v is None else f"{v:.{digits}f}"
-
-
-def _eps_text(e):
-  return "–" if e is None else f"{e:g}"
-
-
-def markdown(summary, settings=None):
-  """Markdown tables of a summary (``summarize``)."""
-  lines = ["# SR purification as a classifier defense (Mustafa et al., IEEE TIP 2019)", "",
-           CONVENTIONS]
-  if settings:
-    lines += ["", "Settings: " + "; ".join(f"{k}={v}" for k, v in sorted(settings.items())
-                                           if k != "defenses")]
-    for name, config in sorted((settings.get("defenses") or {}).items()):
-      lines.append(f"- defense `{name}`: {config}")
-  clean = [s for s in summary if s["kind"] == "clean"]
-  if clean:
-    lines += ["", "## Clean images", "",
-              "| classifier | dataset | defense | images | top-1 clean | top-1 defended clean |",
-              "|---|---|---|---|---|---|"]
-    for s in clean:
-      lines.append(f"| {s['classifier']} | {s['dataset']} | {s['defense']} | {s['images']} | "
-                   f"{_fmt(s['acc_clean'])} | {_fmt(s['acc_defended_clean'])} |")
-  attacked = [s for s in summary if s["kind"] == "attack"]
-  for threat in THREAT_MODELS:
-    group = [s for s in attacked if s["threat_model"] == threat]
-    if not group:
-      continue
-    title = ("gray-box: attack on the bare classifier, then purified" if threat == "graybox"
-             else "adaptive white-box: attack on classifier(purifier(.)), BPDA")
-    lines += ["", f"## Attacks, {title}", "",
-              "| defense | attack | eps (/255) | images | clean | attacked | defended clean | "
-              "defended attacked | L-inf (/255) | L2 | attack settings |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for s in group:
-      lines.append(f"| {s['defense']} | {s['attack']} | {_eps_text(s['eps_255'])} | "
-                   f"{s['images']} | {_fmt(s['acc_clean'])} | {_fmt(s['acc_attacked'])} | "
-                   f"{_fmt(s['acc_defended_clean'])} | {_fmt(s['acc_defended_attacked'])} | "
-                   f"{_fmt(s['linf_255'], 2)} | {_fmt(s['l2'], 3)} | {s['attack_config']} |")
-  eps_values = sorted({s["eps_255"] for s in attacked if s["eps_255"] is not None})
-  if attacked:
-    lines += ["", "## Defended-attacked top-1 by eps (/255); '–' columns: DeepFool / C&W", "",
-              "| threat model | defense | attack | " + " | ".join(f"{e:g}" for e in eps_values)
-              + " | – |", "|---|---|---|" + "---|" * (len(eps_values) + 1)]
-    table = {}
-    for s in attacked:
-      table.setdefault((s["threat_model"], s["defense"], s["attack"]), {})[s["eps_255"]] = \
-          s["acc_defended_attacked"]
-    for k in sorted(table, key=lambda k: (THREAT_MODELS.index(k[0]), k[1],
-                                          classifier_attacks.ATTACKS.index(k[2]))):
-      by_eps = table[k]
-      lines.append(f"| {k[0]} | {k[1]} | {k[2]} | "
-                   + " | ".join(_fmt(by_eps.get(e)) for e in eps_values + [None]) + " |")
-  return "\n".join(lines) + "\n"
-
-
-def write_reports(report_dir, settings=None):
-  """Rewrite rows.csv, summary.json, summary.csv and summary.md from rows.jsonl.
-
-  Returns:
-    the summary (list of dicts).
-  """
-  rows = reports.read_rows(report_dir)
-  summary = summarize(rows)
-  fileio.atomic_write(os.path.join(report_dir, reports.ROWS_CSV),
-                      reports.csv_text(rows, ROW_FIELDS))
-  fileio.atomic_write(os.path.join(report_dir, reports.SUMMARY_CSV),
-                      reports.csv_text(summary, SUMMARY_FIELDS))
-  fileio.atomic_write(os.path.join(report_dir, reports.SUMMARY_FILE), fileio.json_text(
-      dict(conventions=CONVENTIONS, settings=settings or {}, summary=summary), indent=2))
-  fileio.atomic_write(os.path.join(report_dir, reports.MARKDOWN_FILE),
-                      markdown(summary, settings))
-  return summary
-
-
-# ---------------------------------------------------------------------------
-# Figures
-# ---------------------------------------------------------------------------
-
-def _plt():
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  return plt
-
-
-def plot_accuracy_vs_eps(summary, path):
-  """Top-1 vs eps, one panel per L-inf attack: undefended, and each defense per threat model.
-
-  Solid: defended attacked (gray-box), dashed: the same under the adaptive
-  attack, black: no defense (attacked); dotted horizontal lines: clean and
-  defended-clean top-1.
-
-  Returns:
-    path, or None if there is nothing to plot.
-  """
-  rows = [s for s in summary if s["kind"] == "attack" and s["eps_255"] is not None]
-  if not rows:
-    return None
-  plt = _plt()
-  attacks = [a for a in classifier_attacks.ATTACKS if any(r["attack"] == a for r in rows)]
-  defenses = sorted({r["defense"] for r in rows if r["defense"] != "none"})
-  colors = {d: f"C{i}" for i, d in enumerate(defenses)}
-  fig, axes = plt.subplots(1, len(attacks), figsize=(4.2 * len(attacks), 3.6), squeeze=False)
-  for ax, attack in zip(axes[0], attacks):
-    sel = [r for r in rows if r["attack"] == attack]
-    ticks = sorted({r["eps_255"] for r in sel})
-    gray = [r for r in sel if r["threat_model"] == "graybox"]
-    base = {}
-    for r in gray:
-      base.setdefault(r["eps_255"], []).append(r["acc_attacked"])
-    if base:
-      ax.plot(ticks, [np.mean(base[e]) if e in base else np.nan for e in ticks], color="k",
-              marker="o", label="no defense")
-    clean = [r["acc_clean"] for r in gray if r["acc_clean"] is not None]
-    if clean:
-      ax.axhline(np.mean(clean), color="k", ls=":", lw=1, label="clean")
-    for d in defenses:
-      for threat, ls in (("graybox", "-"), ("adaptive", "--")):
-        pts = sorted((r["eps_255"], r["acc_defended_attacked"]) for r in sel
-                     if r["defense"] == d and r["threat_model"] == threat)
-        if pts:
-          ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colors[d], ls=ls, marker="o",
-                  label=f"{d} ({'gray-box' if threat == 'graybox' else 'adaptive'})")
-      dc = [r["acc_defended_clean"] for r in sel if r["defense"] == d]
-      if dc:
-        ax.axhline(np.mean(dc), color=colors[d], ls=":", lw=1)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(ticks)
-    ax.set_xticklabels([f"{t:g}" for t in ticks])
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("eps (/255, L-inf)")
-    ax.set_ylabel("top-1 accuracy")
-    ax.set_title(attack)
-    ax.grid(True, alpha=0.3)
-  axes[0][0].legend(fontsize=7, loc="best")
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
-
-
-def _label(names, k):
-  if k is None:
-    return "?"
-  k = int(k)
-  return f"{k}:{names[k]}" if names is not None and 0 <= k < len(names) else str(k)
-
-
-def plot_example_grid(examples, path, class_names=None, title=None):
-  """Clean / purified clean / attacked / purified attacked images, one row per
-  (defense, threat model), from the example .npz files of one image and attack
-  (the 'none' rows are left out when there are others).
-
-  Args:
-    examples: list of dicts loaded from the example .npz files.
-    path: output .png.
-    class_names: optional list of class names for the titles.
-
-  Returns:
-    path, or None if ``examples`` is empty.
-  """
-  if any(str(e["defense"]) != "none" for e in examples):
-    examples = [e for e in examples if str(e["defense"]) != "none"]
-  if not examples:
-    return None
-  plt = _plt()
-  examples = sorted(examples, key=lambda e: (str(e["defense"]) != "none", str(e["defense"]),
-                                             THREAT_MODELS.index(str(e["threat_model"]))))
-  cols = ("x", "purified_clean", "x_adv", "purified_adv")
-  heads = ("clean", "purified clean", "attacked", "purified attacked")
-  preds = ("pred_clean", "pred_defended_clean", "pred_attacked", "pred_defended_attacked")
-  fig, axes = plt.subplots(len(examples), 4, figsize=(10, 2.7 * len(examples)), squeeze=False)
-  label = int(examples[0]["label"])
-  for row, ex in zip(axes, examples):
-    for j, ax in enumerate(row):
-      ax.imshow(ex[cols[j]])
-      ax.set_xticks([])
-      ax.set_yticks([])
-      p = int(ex[preds[j]])
-      mark = "ok" if p == label else "wrong"
-      ax.set_title(f"{heads[j]}: {_label(class_names, p)} ({mark})", fontsize=7)
-    threat = "gray-box" if str(ex["threat_model"]) == "graybox" else "adaptive"
-    row[0].set_ylabel(f"{ex['defense']}\n{threat}", fontsize=8)
-  fig.suptitle(title or f"true class {_label(class_names, label)}", fontsize=9)
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
-
-
-def make_plots(report_dir, class_names=None):
-  """All figures of a report directory; returns the list of files written."""
-  summary = summarize(reports.read_rows(report_dir))
-  out = []
-  p = plot_accuracy_vs_eps(summary, os.path.join(report_dir, PLOTS_DIR, "accuracy_vs_eps.png"))
-  if p:
-    out.append(p)
-  folder = os.path.join(report_dir, EXAMPLES_DIR)
-  if os.path.isdir(folder):
-    groups = {}
-    for f in sorted(os.listdir(folder)):
-      parts = f[:-4].split("__") if f.endswith(".npz") and ".tmp" not in f else []
-      if len(parts) == 5:
-        image, _, _, attack, eps = parts
-        groups.setdefault((image, attack, eps), []).append(os.path.join(folder, f))
-    for (image, attack, eps), files in sorted(groups.items()):
-      examples = []
-      for f in files:
-        with np.load(f) as z:
-          examples.append({k: z[k] for k in z.files})
-      title = f"{image}: {attack}" + ("" if eps == "-" else f" eps {eps}/255") + \
-          f", true class {_label(class_names, int(examples[0]['label']))}"
-      p = plot_example_grid(examples, os.path.join(
-          report_dir, PLOTS_DIR, f"examples_{image}_{attack}_{eps}.png"), class_names, title)
-      if p:
-        out.append(p)
-  return out
