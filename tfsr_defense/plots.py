@@ -42,6 +42,16 @@ def _save(fig, path):
   return path
 
 
+def _eps_axis(ax, eps_255):
+  """A log2 eps axis labelled in plain numbers of 1/255 (1, 2, 4, ...) at the eps present."""
+  ax.set_xscale("log", base=2)
+  ticks = sorted(e for e in eps_255 if e)
+  if ticks:
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([f"{t:g}" for t in ticks])
+  ax.set_xlabel("eps (/255)")
+
+
 def plot_sr_psnr_vs_eps(summary, path, dataset, attack):
   """Mean SR-PSNR vs eps, one line per model (paper Fig. 2).
 
@@ -61,11 +71,7 @@ def plot_sr_psnr_vs_eps(summary, path, dataset, attack):
   for model in sorted({r["model"] for r in rows}):
     pts = sorted((r["eps_255"], r["sr_psnr"]) for r in rows if r["model"] == model)
     ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=model)
-  ax.set_xscale("log", base=2)
-  ticks = sorted({r["eps_255"] for r in rows})
-  ax.set_xticks(ticks)
-  ax.set_xticklabels([f"{t:g}" for t in ticks])
-  ax.set_xlabel("eps (/255)")
+  _eps_axis(ax, {r["eps_255"] for r in rows})
   ax.set_ylabel(_SR_LABEL, fontsize=8)
   ax.set_title(f"{attack} on {dataset}")
   ax.grid(True, alpha=0.3)
@@ -158,8 +164,8 @@ def plot_suite(summary, variants, path, title=None, against_hr=False):
                    and s.get(metric) is not None)
       if pts:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name, color=f"C{i}")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("eps (/255)")
+    _eps_axis(ax, {s["eps_255"] for s in attacked if s["dataset"] == dataset
+                   and reports.attack_label(s) == label})
     ax.grid(True, alpha=0.3)
     if not against_hr:  # else one legend for all panels, in the free bottom-right corner
       ax.legend(fontsize=7)
@@ -245,8 +251,8 @@ def plot_paired(pairs, variants, path, title=None):
         ax.errorbar([q[0] for q in pts], [q[1] for q in pts], yerr=[q[2] for q in pts],
                     marker="o", capsize=3, color=color.get(name), label=f"{name} − {baseline}")
     ax.axhline(0.0, color="k", linestyle="--", linewidth=0.8)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("eps (/255)")
+    _eps_axis(ax, {p["eps_255"] for _, _, ps in pairs for p in ps
+                   if p["kind"] == "attack" and p["dataset"] == dataset and p["attack"] == label})
     ax.set_ylabel("SR-PSNR difference (dB), variant − baseline", fontsize=7)
     ax.set_title(f"{label} on {dataset}, image by image", fontsize=9)
     ax.grid(True, alpha=0.3)
