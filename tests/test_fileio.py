@@ -39,13 +39,29 @@ def test_process_lock_excludes_a_second_holder_and_is_released(tmp_path):
   assert not os.path.exists(run_dir + ".lock")
 
 
-def test_process_lock_takes_over_a_dead_owner(tmp_path):
+def test_process_lock_held_by_another_process_until_it_dies(tmp_path):
   run_dir = str(tmp_path / "run")
-  child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                         capture_output=True, text=True, check=True)
-  dead = int(child.stdout)  # that process has exited
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sys; from tfsr_defense import fileio\n"
+       f"with fileio.ProcessLock({run_dir!r}) as lock:\n"
+       "  print(bool(lock), flush=True); sys.stdin.read()"],
+      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "True"
+    with fileio.ProcessLock(run_dir) as lock:
+      assert not lock and lock.owner == holder.pid
+  finally:
+    holder.kill()  # no clean release: the lock must still not outlive its process
+    holder.wait()
+  with fileio.ProcessLock(run_dir) as lock:
+    assert lock and lock.owner == os.getpid()
+  assert not os.path.exists(run_dir + ".lock")
+
+
+def test_process_lock_file_of_a_dead_owner_is_taken_over(tmp_path):
+  run_dir = str(tmp_path / "run")
   with open(run_dir + ".lock", "w", encoding="utf-8") as f:
-    f.write(str(dead))
+    f.write("999999999")  # left by an older version of the lock, or by hand
   with fileio.ProcessLock(run_dir) as lock:
     assert lock and lock.owner == os.getpid()
   assert not os.path.exists(run_dir + ".lock")

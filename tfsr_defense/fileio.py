@@ -7,6 +7,7 @@ directory, then a rename), so a crash never leaves half a file. ``ProcessLock``:
 process at a time in a run or report directory.
 """
 
+import fcntl
 import json
 import math
 import os
@@ -53,41 +54,43 @@ def write_json(path, value):
 
 
 class ProcessLock:
-  """``<path>.lock`` held by this process while it trains / evaluates there (O_EXCL file).
+  """``<path>.lock``: held by one process at a time while it trains / evaluates at ``path``.
 
-  A lock whose process is gone is taken over. ``with ProcessLock(p) as locked``:
-  ``bool(locked)`` says whether this process holds it; ``locked.owner`` is
-  the pid that holds it otherwise. Two suites (or two processes of one suite,
-  one per core) thus never train one run or fill one report at the same time.
+  An advisory ``fcntl.flock`` on the file, which the kernel releases when its
+  process ends however it ends, so a killed run leaves no stale lock; the file
+  holds the owner's pid for messages and is removed on release. ``with
+  ProcessLock(p) as locked``: ``bool(locked)`` says whether this process holds
+  it; ``locked.owner`` is the pid that holds it otherwise (0 if unknown). Two
+  suites (or two processes of one suite, one per core) thus never train one run
+  or fill one report at the same time. POSIX only (``fcntl``).
   """
 
   def __init__(self, path):
     self.path = os.path.normpath(path) + ".lock"
     self.owner = None
     self.held = False
+    self._fd = None
 
   def __enter__(self):
     os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-    for _ in range(2):
+    while True:
+      fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
       try:
-        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-      except FileExistsError:
-        try:
-          with open(self.path, encoding="utf-8") as f:
-            self.owner = int(f.read().strip() or 0)
-        except (OSError, ValueError):
-          self.owner = 0
-        if self.owner and _process_alive(self.owner):
-          return self
-        try:
-          os.remove(self.path)  # a stale lock: its process is gone
-        except FileNotFoundError:
-          pass
-        continue
-      with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(str(os.getpid()))
-      self.held, self.owner = True, os.getpid()
-      return self
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        self.owner = _read_pid(fd)
+        os.close(fd)
+        return self
+      try:  # the holder before us may have removed the file we opened: lock the current one
+        same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+      except FileNotFoundError:
+        same = False
+      if same:
+        break
+      os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    self._fd, self.held, self.owner = fd, True, os.getpid()
     return self
 
   def __bool__(self):
@@ -96,17 +99,16 @@ class ProcessLock:
   def __exit__(self, *exc):
     if self.held:
       try:
-        os.remove(self.path)
+        os.remove(self.path)  # while still locked: a waiting opener sees the inode change
       except FileNotFoundError:
         pass
+      os.close(self._fd)
+      self._fd, self.held = None, False
     return False
 
 
-def _process_alive(pid):
+def _read_pid(fd):
   try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
+    return int(os.pread(fd, 32, 0).decode().strip() or 0)
+  except (OSError, ValueError):
+    return 0
