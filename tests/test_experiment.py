@@ -229,7 +229,7 @@ def test_cli_dry_run_and_errors(data_dir, tmp_path):
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "delta=0.01" in proc.stdout and "edsr_lambda1_delta0.01" in proc.stdout
   assert "edsr_lambda1_delta10" in proc.stdout and "delta=0.1 " not in proc.stdout  # --variant
-  assert "new" in proc.stdout and "Estimated on this machine" in proc.stdout
+  assert "new" in proc.stdout and "measured here" in proc.stdout
   # Per variant, nothing evaluated yet: (Set5 5 + BSD100 20 images) x 6 eps x (I-FGSM 50 +
   # FDA 1.5 x 10 gradients) + CLEVER 5 x 1024 = 9750 + 5120.
   line = [ln for ln in proc.stdout.splitlines() if "edsr_lambda1_delta10" in ln][0]
@@ -241,7 +241,8 @@ def test_cli_dry_run_and_errors(data_dir, tmp_path):
   excluded = [f"--exclude_variant={n} {k}" for n in ("rcan", "msrn") for k in ("plain", "ER")]
   proc = subprocess.run([sys.executable, "-m", "tfsr_defense.experiment", "--suite=all",
                          "--dry_run", "--steps=8", f"--recipe={recipe}", f"--runs_root={runs}",
-                         f"--output_dir={tmp_path / 'results'}"] + excluded,
+                         f"--output_dir={tmp_path / 'results'}", "--seconds_per_step=1.5",
+                         "--seconds_per_gradient=0.8"] + excluded,
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
                         check=False)
   assert proc.returncode == 0, proc.stderr[-2000:]
@@ -249,7 +250,9 @@ def test_cli_dry_run_and_errors(data_dir, tmp_path):
   total = proc.stdout.strip().splitlines()[-1]
   assert total.startswith("All 7 suites, each network trained and evaluated once: 20 training "
                           "runs, 160 steps x "), total
-  assert " + 24 evaluations, ~355,900 input gradients x " in total, total
+  # Given rates, nothing timed: 160 x 1.5 s + 355,900 x 0.8 s = 284,960 s = 79.2 h.
+  assert " + 24 evaluations, ~355,900 input gradients x 0.800 s = 79.2 h in one process, " \
+      "~39.6 h in two" in total and "160 steps x 1.50 s" in total and "given" in total, total
   assert not runs.exists() and not (tmp_path / "results").exists()
   for args, message in (
       (["--suite=all"], "--suite=all goes with --dry_run or --report_only"),

@@ -604,14 +604,24 @@ flags.DEFINE_bool("train", True, "Train missing variants (false: evaluate traine
                   flag_values=FLAGS)
 flags.DEFINE_bool("dry_run", False, "Print the plan and its estimated time; change nothing.",
                   flag_values=FLAGS)
+flags.DEFINE_float("seconds_per_step", None, "--dry_run: seconds per training step to estimate "
+                   "with (default: time one step of the recipe's network here, now).",
+                   lower_bound=0.0, flag_values=FLAGS)
+flags.DEFINE_float("seconds_per_gradient", None, "--dry_run: seconds per input gradient of a "
+                   "120x80 LR image (default: time one here, now); e.g. the rate of the runs' "
+                   "logs when other processes load this machine.", lower_bound=0.0,
+                   flag_values=FLAGS)
 flags.DEFINE_bool("report_only", False, "Write the suite's suite.md / suite.png again from "
                   "its reports so far (settings from its suite.json); train and evaluate "
                   "nothing.", flag_values=FLAGS)
 flags.mark_flag_as_required("suite", flag_values=FLAGS)
 
 
-def _dry_run(suites, recipe, recipe_path, runs_root, settings):
-  """Print each suite's plan and, for several, the total with shared networks counted once."""
+def _dry_run(suites, recipe, recipe_path, runs_root, settings, step_time=None, grad_time=None):
+  """Print each suite's plan and, for several, the total with shared networks counted once.
+
+  ``step_time`` / ``grad_time``: seconds per training step / input gradient; None measures
+  them here (``measure_step_and_gradient``)."""
   work = remaining_work(suites, recipe, runs_root=runs_root, **settings)
   for suite in suites:
     print(f"Suite '{suite.name}' ({suite.paper}), recipe {recipe_path} "
@@ -620,18 +630,23 @@ def _dry_run(suites, recipe, recipe_path, runs_root, settings):
       if name == suite.name:
         print(f"  {variant.name:28s} {config.run_dir:45s} {status}; "
               f"~{grads:,.0f} input gradients of evaluation left")
-  step_time, grad_time = measure_step_and_gradient(recipe)
+  source = "given"
+  if step_time is None or grad_time is None:
+    measured = measure_step_and_gradient(recipe)
+    step_time = measured[0] if step_time is None else step_time
+    grad_time = measured[1] if grad_time is None else grad_time
+    source = "measured here on a 120x80 LR image"
   hours = (work["steps"] * step_time + work["gradients"] * grad_time) / 3600
   what = (f"{work['runs']} training runs, {work['steps']} steps x {step_time:.2f} s + "
           f"{work['evaluations']} evaluations, ~{work['gradients']:,.0f} input gradients x "
           f"{grad_time:.3f} s = {hours:.1f} h")
   if len(suites) == 1:
-    print(f"Estimated on this machine: {what} (one process; what is left: finished and shared "
-          "cells are not counted; gradients measured on a 120x80 LR image).")
+    print(f"Estimated: {what} (one process; what is left: finished and shared "
+          f"cells are not counted; seconds per step and gradient {source}).")
   else:
     print(f"All {len(suites)} suites, each network trained and evaluated once: {what} in one "
-          f"process, ~{hours / 2:.1f} h in two (steps and gradients of the recipe's network, "
-          "measured here on a 120x80 LR image).")
+          f"process, ~{hours / 2:.1f} h in two (steps and gradients of the recipe's network; "
+          f"seconds {source}).")
 
 
 def main(argv):
@@ -670,7 +685,8 @@ def main(argv):
         output_dir=FLAGS.output_dir, attack_datasets=FLAGS.attack_datasets,
         attack_images=FLAGS.attack_images, attacks=FLAGS.attacks, eps=eps,
         steps=FLAGS.attack_steps, clever=FLAGS.clever, clever_samples=FLAGS.clever_samples,
-        eot_samples=FLAGS.eot_samples, max_images=FLAGS.max_images))
+        eot_samples=FLAGS.eot_samples, max_images=FLAGS.max_images),
+             step_time=FLAGS.seconds_per_step, grad_time=FLAGS.seconds_per_gradient)
     return
   suite = studies.get_suite(FLAGS.suite)  # the whole suite: its report covers every variant
   selected = ([v.name for v in suites[0].variants]
