@@ -1,6 +1,10 @@
 """Paired per-image differences (tfsr_defense.comparison) against hand computation."""
 
+import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -73,3 +77,60 @@ def test_paired_figure(tmp_path):
     assert (fig.width, fig.height) == (round(2 * 4.6 * 110), round(3.8 * 110))
   assert plots.plot_paired([], ["B", "V"], str(tmp_path / "none.png")) is None
   assert not (tmp_path / "none.png").exists()
+
+
+def _report(directory, rows):
+  directory.mkdir(parents=True)
+  (directory / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  return str(directory)
+
+
+def test_compare_reports_across_reports_and_step_counts(tmp_path):
+  rows = _rows()
+  # V's attack rows again with 100 steps in a second report, 1 dB lower on every image:
+  # the same differences minus 1 -> d = (+1, -2, +2): mean 1/3, se sqrt(13/9), 2/3 higher.
+  more = [dict(r, steps=100, sr_psnr=r["sr_psnr"] - (1.0 if r["model"] == "V" else 0.0))
+          for r in rows if r["kind"] == "attack" and r["model"] in ("V", "B")]
+  first, second = _report(tmp_path / "a", rows), _report(tmp_path / "b", more)
+  text = comparison.compare_reports([first, second], "V", "B", ("sr_psnr",))
+  assert "| V | B | +0.25 ± 0.75 (1/2) | -0.7 ± 0.9 (1/3) |" in text
+  assert "| V | B | ifgsm, 50 steps | bsd100 | +1.33 ± 1.20 (2/3) |" in text
+  assert "| V | B | ifgsm, 100 steps | bsd100 | +0.33 ± 1.20 (2/3) |" in text
+  # One step count: the attack column has no steps; a second metric adds its own table.
+  text = comparison.compare_reports([first], "V", "B", ("sr_psnr", "adv_psnr_y"))
+  assert "| V | B | ifgsm | bsd100 | +1.33 ± 1.20 (2/3) |" in text
+  # adv PSNR-Y: image b is NaN for both -> a, c: d = (+2, +3): mean 2.5, se 0.5.
+  assert "| V | B | ifgsm | bsd100 | +2.50 ± 0.50 (2/2) |" in text
+
+
+def test_compare_reports_errors(tmp_path):
+  report = _report(tmp_path / "a", _rows())
+  with pytest.raises(FileNotFoundError, match="No evaluation report in .*nowhere"):
+    comparison.compare_reports([report, str(tmp_path / "nowhere")], "V", "B")
+  with pytest.raises(ValueError, match=r"Model\(s\) \['W'\] not in .* they hold: B, V, other"):
+    comparison.compare_reports([report], "W", "B")
+  with pytest.raises(ValueError, match="Unknown metric"):
+    comparison.compare_reports([report], "V", "B", ("psnr",))
+  with pytest.raises(ValueError, match="No image has a value for both V and other"):
+    comparison.compare_reports([_report(tmp_path / "c", [
+        dict(model="V", dataset="set5", image="x", kind="clean", psnr_y=30.0),
+        dict(model="other", dataset="set5", image="y", kind="clean", psnr_y=31.0)])],
+                               "V", "other")
+
+
+def test_compare_cli(tmp_path):
+  report = _report(tmp_path / "a", _rows())
+  out = tmp_path / "pairs.md"
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  proc = subprocess.run([sys.executable, "-m", "tfsr_defense.compare", f"--report_dirs={report}",
+                         "--model=V", "--baseline=B", f"--output={out}"],
+                        capture_output=True, text=True, env=env, timeout=120, check=False)
+  assert proc.returncode == 0, proc.stderr[-1000:]
+  assert "| V | B | ifgsm | bsd100 | +1.33 ± 1.20 (2/3) |" in proc.stdout
+  assert out.read_text() == proc.stdout
+  proc = subprocess.run([sys.executable, "-m", "tfsr_defense.compare", f"--report_dirs={report}",
+                         "--model=W", "--baseline=B"],
+                        capture_output=True, text=True, env=env, timeout=120, check=False)
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1].startswith(
+      "tfsr_defense.compare: error: Model(s) ['W'] not in")

@@ -17,12 +17,13 @@ in progress is compared on the images it has done. Rows are those of
 """
 
 import math
+import os
 
 import numpy as np
 
 from tfsr_defense import reports
 
-__all__ = ["paired_differences", "markdown_lines", "ATTACK_METRICS"]
+__all__ = ["paired_differences", "markdown_lines", "compare_reports", "ATTACK_METRICS"]
 
 # What an attack row is compared by: SR-PSNR, the attacked output's PSNR-Y against HR, or the
 # attacked input's LR-PSNR (how far the attack moved x: higher = less far).
@@ -113,11 +114,75 @@ def markdown_lines(pairs):
     lines += [""] if lines else []
     lines += ["| variant | baseline | attack | dataset | " + " | ".join(
         f"{e:g}/255" for e in eps_values) + " |", "|---|---|---|---|" + "---|" * len(eps_values)]
+    # An attack run with several step counts (e.g. FDA with 10 and 100 steps) gets a row each.
+    counts = {}
+    for _, _, ps in attacked:
+      for p in ps:
+        counts.setdefault((p["attack"], p["dataset"]), set()).add(p["steps"])
     for name, baseline, ps in attacked:
       groups = {}
       for p in ps:
-        groups.setdefault((p["attack"], p["dataset"]), {})[p["eps_255"]] = p
+        attack = p["attack"] if len(counts[(p["attack"], p["dataset"])]) == 1 else \
+            f"{p['attack']}, {p['steps']} steps"
+        groups.setdefault((attack, p["dataset"]), {})[p["eps_255"]] = p
       for (attack, dataset), by_eps in sorted(groups.items()):
         lines.append(f"| {name} | {baseline} | {attack} | {dataset} | " + " | ".join(
             _cell(by_eps[e]) if e in by_eps else "–" for e in eps_values) + " |")
   return lines
+
+
+_METRIC_TEXT = {
+    "sr_psnr": "SR-PSNR (dB; S(x) vs S(x~), Y, shave = scale, peak 255; higher = more robust)",
+    "adv_psnr_y": "the attacked output's PSNR-Y against HR (dB; Y, shave = scale, peak 255)",
+    "lr_psnr": "the attacked input's LR-PSNR (dB; x vs x~, RGB, no shave, peak 1; higher = "
+               "the attack moved x less within the same eps)",
+}
+
+
+def compare_reports(report_dirs, name, baseline, attack_metrics=("sr_psnr",)):
+  """Markdown of ``name`` against ``baseline``, image by image, from evaluation reports.
+
+  Args:
+    report_dirs: report directories of ``evaluation.evaluate`` (their rows are
+      merged, so the two networks may be in different reports).
+    name, baseline: report (model) names, as in the rows' ``model`` field.
+    attack_metrics: what attack rows are compared by, each of
+      ``ATTACK_METRICS``; the first table also has clean PSNR-Y and CLEVER.
+
+  Returns:
+    str: per metric a heading line and ``markdown_lines`` of the paired
+    differences (mean ± standard error (k/n), name − baseline).
+
+  Raises:
+    FileNotFoundError: a directory without a report (rows.jsonl).
+    ValueError: an unknown metric, a name missing from the rows (naming the
+      models they hold), or no image that both networks have a value for.
+  """
+  rows = []
+  for report_dir in report_dirs:
+    path = os.path.join(report_dir, reports.ROWS_FILE)
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"No evaluation report in {report_dir}: {path} does not exist.")
+    rows += reports.read_rows(report_dir, repair=False)
+  unknown = [m for m in attack_metrics if m not in ATTACK_METRICS]
+  if unknown or not attack_metrics:
+    raise ValueError(f"Unknown metric(s) {unknown}: use some of {', '.join(ATTACK_METRICS)}.")
+  models = sorted({str(r.get("model")) for r in rows})
+  missing = [m for m in (name, baseline) if m not in models]
+  if missing:
+    raise ValueError(f"Model(s) {missing} not in the report(s) {', '.join(report_dirs)}; "
+                     f"they hold: {', '.join(models)}.")
+  lines = []
+  for i, metric in enumerate(attack_metrics):
+    pairs = [p for p in paired_differences(rows, name, baseline, metric)
+             if i == 0 or p["kind"] == "attack"]
+    if pairs:
+      what = "clean PSNR-Y (dB), CLEVER and " if i == 0 else ""
+      lines += ([""] if lines else []) + [
+          f"{name} − {baseline}, image by image: {what}{_METRIC_TEXT[metric]}; "
+          "mean ± standard error (k/n: higher on k of the n common images).", ""]
+      lines += markdown_lines([(name, baseline, pairs)])
+  if not lines:
+    raise ValueError(f"No image has a value for both {name} and {baseline} in "
+                     f"{', '.join(report_dirs)}.")
+  return "\n".join(lines) + "\n"
