@@ -6,20 +6,17 @@
 
 import os
 
-import numpy as np
+import matplotlib
 
-from tfsr_defense import classifier_attacks, classifier_reports, reports
+from tfsr_defense import classifier_attacks, classifier_reports, plots, reports
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=wrong-import-position
+import numpy as np  # noqa: E402  pylint: disable=wrong-import-position
 
 __all__ = ["PLOTS_DIR", "make_plots", "plot_accuracy_vs_eps", "plot_example_grid"]
 
-PLOTS_DIR = "plots"
-
-
-def _plt():
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  return plt
+PLOTS_DIR = plots.PLOTS_DIR
 
 
 def plot_accuracy_vs_eps(summary, path):
@@ -35,7 +32,6 @@ def plot_accuracy_vs_eps(summary, path):
   rows = [s for s in summary if s["kind"] == "attack" and s["eps_255"] is not None]
   if not rows:
     return None
-  plt = _plt()
   attacks = [a for a in classifier_attacks.ATTACKS if any(r["attack"] == a for r in rows)]
   defenses = sorted({r["defense"] for r in rows if r["defense"] != "none"})
   colors = {d: f"C{i}" for i, d in enumerate(defenses)}
@@ -63,20 +59,13 @@ def plot_accuracy_vs_eps(summary, path):
       dc = [r["acc_defended_clean"] for r in sel if r["defense"] == d]
       if dc:
         ax.axhline(np.mean(dc), color=colors[d], ls=":", lw=1)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(ticks)
-    ax.set_xticklabels([f"{t:g}" for t in ticks])
+    plots.eps_axis(ax, ticks, label="eps (/255, L-inf)")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("eps (/255, L-inf)")
     ax.set_ylabel("top-1 accuracy")
     ax.set_title(attack)
     ax.grid(True, alpha=0.3)
   axes[0][0].legend(fontsize=7, loc="best")
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return plots.save_figure(fig, path)
 
 
 def _label(names, k):
@@ -103,7 +92,6 @@ def plot_example_grid(examples, path, class_names=None, title=None):
     examples = [e for e in examples if str(e["defense"]) != "none"]
   if not examples:
     return None
-  plt = _plt()
   threats = classifier_attacks.THREAT_MODELS
   examples = sorted(examples, key=lambda e: (str(e["defense"]) != "none", str(e["defense"]),
                                              threats.index(str(e["threat_model"]))))
@@ -123,11 +111,7 @@ def plot_example_grid(examples, path, class_names=None, title=None):
     threat = "gray-box" if str(ex["threat_model"]) == "graybox" else "adaptive"
     row[0].set_ylabel(f"{ex['defense']}\n{threat}", fontsize=8)
   fig.suptitle(title or f"true class {_label(class_names, label)}", fontsize=9)
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  return plots.save_figure(fig, path, dpi=100)
 
 
 def make_plots(report_dir, class_names=None):

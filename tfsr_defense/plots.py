@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402  pylint: disable=wrong-import-position
 
 __all__ = ["plot_sr_psnr_vs_eps", "plot_lr_vs_sr_psnr", "plot_clever_vs_sr_psnr",
            "plot_example", "plot_features", "plot_suite", "plot_paired", "make_plots",
-           "PLOTS_DIR"]
+           "save_figure", "eps_axis", "PLOTS_DIR"]
 
 PLOTS_DIR = "plots"
 _SR_LABEL = "SR-PSNR (dB): S(x) vs S(x~), Y, shave = scale"
@@ -34,22 +34,23 @@ _LR_LABEL = "LR-PSNR (dB): x vs x~, RGB, no shave"
 _HR_LABEL = "PSNR-Y (dB): S(x~) vs HR, Y, shave = scale"
 
 
-def _save(fig, path):
+def save_figure(fig, path, dpi=110):
+  """Lay out ``fig``, write it to ``path`` (PNG; folders made) and close it; returns path."""
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  fig.savefig(path, dpi=dpi)
   plt.close(fig)
   return path
 
 
-def _eps_axis(ax, eps_255):
+def eps_axis(ax, eps_255, label="eps (/255)"):
   """A log2 eps axis labelled in plain numbers of 1/255 (1, 2, 4, ...) at the eps present."""
   ax.set_xscale("log", base=2)
   ticks = sorted(e for e in eps_255 if e)
   if ticks:
     ax.set_xticks(ticks)
     ax.set_xticklabels([f"{t:g}" for t in ticks])
-  ax.set_xlabel("eps (/255)")
+  ax.set_xlabel(label)
 
 
 def plot_sr_psnr_vs_eps(summary, path, dataset, attack):
@@ -71,12 +72,12 @@ def plot_sr_psnr_vs_eps(summary, path, dataset, attack):
   for model in sorted({r["model"] for r in rows}):
     pts = sorted((r["eps_255"], r["sr_psnr"]) for r in rows if r["model"] == model)
     ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=model)
-  _eps_axis(ax, {r["eps_255"] for r in rows})
+  eps_axis(ax, {r["eps_255"] for r in rows})
   ax.set_ylabel(_SR_LABEL, fontsize=8)
   ax.set_title(f"{attack} on {dataset}")
   ax.grid(True, alpha=0.3)
   ax.legend(fontsize=8)
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def plot_lr_vs_sr_psnr(rows, path, dataset, attack):
@@ -99,7 +100,7 @@ def plot_lr_vs_sr_psnr(rows, path, dataset, attack):
   ax.set_title(f"{attack} on {dataset}")
   ax.grid(True, alpha=0.3)
   ax.legend(fontsize=8)
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def plot_clever_vs_sr_psnr(rows, path, dataset, attack, eps_255):
@@ -123,7 +124,7 @@ def plot_clever_vs_sr_psnr(rows, path, dataset, attack, eps_255):
   ax.set_title(f"{attack} {eps_255:g}/255 on {dataset}")
   ax.grid(True, alpha=0.3)
   ax.legend(fontsize=8)
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def plot_suite(summary, variants, path, title=None, against_hr=False):
@@ -164,7 +165,7 @@ def plot_suite(summary, variants, path, title=None, against_hr=False):
                    and s.get(metric) is not None)
       if pts:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name, color=f"C{i}")
-    _eps_axis(ax, {s["eps_255"] for s in attacked if s["dataset"] == dataset
+    eps_axis(ax, {s["eps_255"] for s in attacked if s["dataset"] == dataset
                    and reports.attack_label(s) == label})
     ax.grid(True, alpha=0.3)
     if not against_hr:  # else one legend for all panels, in the free bottom-right corner
@@ -209,7 +210,7 @@ def plot_suite(summary, variants, path, title=None, against_hr=False):
   ax.grid(True, alpha=0.3)
   if title:
     fig.suptitle(title, fontsize=10)
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def plot_paired(pairs, variants, path, title=None):
@@ -251,7 +252,7 @@ def plot_paired(pairs, variants, path, title=None):
         ax.errorbar([q[0] for q in pts], [q[1] for q in pts], yerr=[q[2] for q in pts],
                     marker="o", capsize=3, color=color.get(name), label=f"{name} − {baseline}")
     ax.axhline(0.0, color="k", linestyle="--", linewidth=0.8)
-    _eps_axis(ax, {p["eps_255"] for _, _, ps in pairs for p in ps
+    eps_axis(ax, {p["eps_255"] for _, _, ps in pairs for p in ps
                    if p["kind"] == "attack" and p["dataset"] == dataset and p["attack"] == label})
     ax.set_ylabel("SR-PSNR difference (dB), variant − baseline", fontsize=7)
     ax.set_title(f"{label} on {dataset}, image by image", fontsize=9)
@@ -269,7 +270,7 @@ def plot_paired(pairs, variants, path, title=None):
   ax.grid(True, axis="y", alpha=0.3)
   if title:
     fig.suptitle(title, fontsize=10)
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def _clean_psnr(summary, model, dataset):
@@ -310,7 +311,7 @@ def plot_example(example, path, title=None):
   _show(axes[5], ex["hr"], "HR")
   if title:
     fig.suptitle(title, fontsize=9)
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def plot_features(example, path, title=None):
