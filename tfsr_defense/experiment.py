@@ -299,8 +299,8 @@ def rewrite_suite_report(suite, recipe, output_dir=os.path.join("results", "expe
   sizes = {name: len(data.load_pairs(name, recipe.scale, data_dir=recipe.data_dir,
                                      max_images=settings.get("max_images")))
            for name in names}
-  return suite_report.write_suite_report(suite, suite_dir, recipe,
-                            expected=suite_report.expected_cells(suite, settings, sizes))
+  expected = suite_report.expected_cells(suite, settings, sizes)
+  return suite_report.write_suite_report(suite, suite_dir, recipe, expected=expected)
 
 
 def share_evaluation(output_dir, suite, variant, recipe, eval_settings, fingerprint):
@@ -356,8 +356,9 @@ def _suite_records(output_dir):
     path = os.path.join(output_dir, other, SUITE_FILE)
     if os.path.isfile(path):
       saved = _read_suite_record(path)
-      out.append((other, saved, [studies.Variant(v["name"], tuple(tuple(t) for t in v["train"]),
-                                         v["defense"]) for v in saved.get("variants", ())]))
+      variants = [studies.Variant(v["name"], tuple(tuple(t) for t in v["train"]), v["defense"])
+                  for v in saved.get("variants", ())]
+      out.append((other, saved, variants))
   return out
 
 

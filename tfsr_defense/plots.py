@@ -165,8 +165,8 @@ def plot_suite(summary, variants, path, title=None, against_hr=False):
                    and s.get(metric) is not None)
       if pts:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name, color=f"C{i}")
-    eps_axis(ax, {s["eps_255"] for s in attacked if s["dataset"] == dataset
-                   and reports.attack_label(s) == label})
+    eps_axis(ax, {s["eps_255"] for s in attacked
+                  if s["dataset"] == dataset and reports.attack_label(s) == label})
     ax.grid(True, alpha=0.3)
     if not against_hr:  # else one legend for all panels, in the free bottom-right corner
       ax.legend(fontsize=7)
@@ -253,7 +253,7 @@ def plot_paired(pairs, variants, path, title=None):
                     marker="o", capsize=3, color=color.get(name), label=f"{name} − {baseline}")
     ax.axhline(0.0, color="k", linestyle="--", linewidth=0.8)
     eps_axis(ax, {p["eps_255"] for _, _, ps in pairs for p in ps
-                   if p["kind"] == "attack" and p["dataset"] == dataset and p["attack"] == label})
+                  if p["kind"] == "attack" and p["dataset"] == dataset and p["attack"] == label})
     ax.set_ylabel("SR-PSNR difference (dB), variant − baseline", fontsize=7)
     ax.set_title(f"{label} on {dataset}, image by image", fontsize=9)
     ax.grid(True, alpha=0.3)
