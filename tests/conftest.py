@@ -1,6 +1,7 @@
 """Shared fixtures. Tests run on the CPU, seeded, with small inputs."""
 
 import os
+import subprocess
 import sys
 
 import pytest
@@ -20,6 +21,28 @@ def data_dir():
   if not os.path.isdir(os.path.join(path, "Set5")):
     pytest.fail(f"Benchmark data not found at {path}: set TFSR_DATA_DIR to ../shared/data.")
   return path
+
+
+@pytest.fixture
+def lock_holder():
+  """``hold(path)``: another process takes ``fileio.ProcessLock(path)`` and keeps it until
+  killed; returns its Popen (once it holds the lock). Killed at the end of the test."""
+  holders = []
+
+  def hold(path):
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from tfsr_defense import fileio\n"
+         f"with fileio.ProcessLock({path!r}) as lock:\n"
+         "  print(bool(lock), flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holders.append(proc)
+    assert proc.stdout.readline().strip() == "True"
+    return proc
+
+  yield hold
+  for proc in holders:
+    proc.kill()
+    proc.wait()
 
 
 _EXIT_STATUS = {}

@@ -188,27 +188,20 @@ def test_tiny_suite_end_to_end_and_resume(data_dir, tmp_path):
                          **RUN_ARGS)
 
 
-def test_a_variant_busy_in_another_process_is_skipped(data_dir, tmp_path):
+def test_a_variant_busy_in_another_process_is_skipped(data_dir, tmp_path, lock_holder):
   """Two processes (one per core) can run one suite: a locked variant is left to its owner."""
   recipe = _tiny_recipe(data_dir, steps=2)
   out, runs = str(tmp_path / "results"), str(tmp_path / "runs")
   plain = studies.variant_config(recipe, TINY.variants[0], runs)
   os.makedirs(runs, exist_ok=True)
-  holder = subprocess.Popen(  # another process holds the plain run's lock until told to stop
-      [sys.executable, "-c", "import sys; from tfsr_defense import fileio\n"
-       f"with fileio.ProcessLock({plain.run_dir!r}) as lock:\n"
-       "  print(bool(lock), flush=True); sys.stdin.read()"],
-      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-  try:
-    assert holder.stdout.readline().strip() == "True"
-    args = dict(RUN_ARGS, attacks=(), clever=False)
-    result = experiment.run_suite(TINY, recipe, output_dir=out, runs_root=runs, **args)
-    assert result["busy_variants"] == ["plain"]
-    assert [r["variant"] for r in result["table"]] == ["ER"]
-    assert not os.path.isdir(plain.run_dir)
-  finally:
-    holder.kill()  # killed, not released: the kernel drops its lock, the file stays
-    holder.wait()
+  holder = lock_holder(plain.run_dir)  # another process holds the plain run's lock
+  args = dict(RUN_ARGS, attacks=(), clever=False)
+  result = experiment.run_suite(TINY, recipe, output_dir=out, runs_root=runs, **args)
+  assert result["busy_variants"] == ["plain"]
+  assert [r["variant"] for r in result["table"]] == ["ER"]
+  assert not os.path.isdir(plain.run_dir)
+  holder.kill()  # killed, not released: the kernel drops its lock, the file stays
+  holder.wait()
   assert os.path.exists(plain.run_dir + ".lock")
   result = experiment.run_suite(TINY, recipe, output_dir=out, runs_root=runs, **args)
   assert result["busy_variants"] == [] and [r["variant"] for r in result["table"]] == [

@@ -3,8 +3,6 @@
 import json
 import math
 import os
-import subprocess
-import sys
 
 import numpy as np
 
@@ -39,20 +37,13 @@ def test_process_lock_excludes_a_second_holder_and_is_released(tmp_path):
   assert not os.path.exists(run_dir + ".lock")
 
 
-def test_process_lock_held_by_another_process_until_it_dies(tmp_path):
+def test_process_lock_held_by_another_process_until_it_dies(tmp_path, lock_holder):
   run_dir = str(tmp_path / "run")
-  holder = subprocess.Popen(
-      [sys.executable, "-c", "import sys; from tfsr_defense import fileio\n"
-       f"with fileio.ProcessLock({run_dir!r}) as lock:\n"
-       "  print(bool(lock), flush=True); sys.stdin.read()"],
-      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-  try:
-    assert holder.stdout.readline().strip() == "True"
-    with fileio.ProcessLock(run_dir) as lock:
-      assert not lock and lock.owner == holder.pid
-  finally:
-    holder.kill()  # no clean release: the lock must still not outlive its process
-    holder.wait()
+  holder = lock_holder(run_dir)
+  with fileio.ProcessLock(run_dir) as lock:
+    assert not lock and lock.owner == holder.pid
+  holder.kill()  # no clean release: the lock must still not outlive its process
+  holder.wait()
   with fileio.ProcessLock(run_dir) as lock:
     assert lock and lock.owner == os.getpid()
   assert not os.path.exists(run_dir + ".lock")
