@@ -158,15 +158,15 @@ def compare_reports(report_dirs, name, baseline, attack_metrics=("sr_psnr",)):
     ValueError: an unknown metric, a name missing from the rows (naming the
       models they hold), or no image that both networks have a value for.
   """
+  unknown = [m for m in attack_metrics if m not in ATTACK_METRICS]
+  if unknown or not attack_metrics:
+    raise ValueError(f"Unknown metric(s) {unknown}: use some of {', '.join(ATTACK_METRICS)}.")
   rows = []
   for report_dir in report_dirs:
     path = os.path.join(report_dir, reports.ROWS_FILE)
     if not os.path.isfile(path):
       raise FileNotFoundError(f"No evaluation report in {report_dir}: {path} does not exist.")
     rows += reports.read_rows(report_dir, repair=False)
-  unknown = [m for m in attack_metrics if m not in ATTACK_METRICS]
-  if unknown or not attack_metrics:
-    raise ValueError(f"Unknown metric(s) {unknown}: use some of {', '.join(ATTACK_METRICS)}.")
   models = sorted({str(r.get("model")) for r in rows})
   missing = [m for m in (name, baseline) if m not in models]
   if missing:
