@@ -10,7 +10,7 @@ import sys
 import pytest
 from PIL import Image
 
-from tfsr_defense import defenses, experiment, reports, studies, suite_report, trainer
+from tfsr_defense import defenses, evaluation, experiment, reports, studies, suite_report, trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -186,6 +186,28 @@ def test_tiny_suite_end_to_end_and_resume(data_dir, tmp_path):
   with pytest.raises(ValueError, match=r"another recipe.*'steps': \(4, 6\)"):
     experiment.run_suite(TINY, _tiny_recipe(data_dir, steps=6), output_dir=out, runs_root=runs,
                          **RUN_ARGS)
+
+
+def test_remaining_gradients_count_an_interrupted_clever_cell(data_dir, tmp_path):
+  """CLEVER gradients kept by an unfinished cell (its partial file) are not counted again;
+  a partial file of other settings or an unreadable one counts nothing."""
+  recipe = _tiny_recipe(data_dir)
+  out = str(tmp_path / "results")
+  left = dict(attack_datasets=("set5",), attacks=(), clever=True, clever_samples=4, max_images=2)
+  before = experiment.remaining_gradients(TINY, recipe, output_dir=out, runs_root="", **left)
+  assert before == {"plain": 8, "ER": 8}  # 2 Set5 images x 4 samples each
+  partial = os.path.join(suite_report.variant_report_dir(os.path.join(out, "tiny"),
+                                                         TINY.variants[0]),
+                         evaluation.PARTIAL_DIR)
+  os.makedirs(partial)
+  for name, samples, norms in (("clever__a.json", 4, [1.0, 2.0, 3.0]),
+                               ("clever__b.json", 1024, [1.0] * 8)):
+    with open(os.path.join(partial, name), "w", encoding="utf-8") as f:
+      json.dump(dict(settings=dict(num_samples=samples), grad_norms=norms), f)
+  with open(os.path.join(partial, "clever__c.json"), "w", encoding="utf-8") as f:
+    f.write("{")
+  after = experiment.remaining_gradients(TINY, recipe, output_dir=out, runs_root="", **left)
+  assert after == {"plain": 8 - 3, "ER": 8}
 
 
 def test_a_variant_busy_in_another_process_is_skipped(data_dir, tmp_path, lock_holder):

@@ -418,6 +418,26 @@ def _copy_run_files(config, target):
         f.write(payload)
 
 
+def _clever_samples_done(report_dir, clever_samples):
+  """Gradients already kept by the unfinished CLEVER cells of ``report_dir`` (their partial
+  files, ``evaluation.clever_partial_path``) made with ``clever_samples``; 0 for an unreadable
+  file (the evaluation starts that cell over)."""
+  partial = os.path.join(report_dir, evaluation.PARTIAL_DIR)
+  names = sorted(os.listdir(partial)) if os.path.isdir(partial) else []
+  done = 0
+  for name in names:
+    if not (name.startswith("clever__") and name.endswith(".json")):
+      continue
+    try:
+      with open(os.path.join(partial, name), encoding="utf-8") as f:
+        state = json.load(f)
+      if state["settings"]["num_samples"] == clever_samples:
+        done += min(len(state["grad_norms"]), clever_samples)
+    except (OSError, ValueError, KeyError, TypeError):
+      continue
+  return done
+
+
 def remaining_gradients(suite, recipe, *, output_dir, runs_root,
                         attack_datasets=("set5", "bsd100"), attack_images=20,
                         attacks=("fda", "ifgsm"), eps=evaluation.DEFAULT_EPS, steps=50,
@@ -431,7 +451,8 @@ def remaining_gradients(suite, recipe, *, output_dir, runs_root,
   the weights and evaluation settings are not compared here). An I-FGSM cell
   costs ``steps`` gradients, an FDA cell about 1.5 x ``fda_steps`` (its many
   feature maps), CLEVER ``clever_samples`` per Set5 image (undefended variants
-  only). Behind a defense the non-adaptive view costs nothing (it reuses the
+  only) less the gradients an interrupted CLEVER cell of the variant's report
+  has kept. Behind a defense the non-adaptive view costs nothing (it reuses the
   bare network's cached attacks) and the adaptive one through random resizing
   ``eot_samples`` times as much.
 
@@ -477,7 +498,8 @@ def remaining_gradients(suite, recipe, *, output_dir, runs_root,
         grads += factor * per_image.get(attack, steps) * max(images * len(eps) - done, 0)
     if clever and variant.defense == "none":
       done = max(count(rows, name, "clever") for rows, name in sources)
-      grads += clever_samples * max(set5 - done, 0)
+      if set5 > done:
+        grads += clever_samples * (set5 - done) - _clever_samples_done(own_dir, clever_samples)
     out[variant.name] = grads
   return out
 
