@@ -8,9 +8,9 @@ one-at-a-time gradients, for EDSR-baseline x4 on a 120 x 80 LR image.
         --steps=2 --num_samples=8 --clever_batch=4               # smoke test
 
 I-FGSM: the time of a (1 + steps)-step attack minus that of a 1-step attack
-(each the minimum of --repeats timings), divided by steps and by the batch size (so the clean forward pass and the
-start are not counted), after a warm-up call that traces the loop. XLA: the
-gradient of ||S(x~) - S(x)||_2 in a tf.function with jit_compile False / True
+(each the minimum of --repeats timings), divided by steps and by the batch size (so the
+clean forward pass and the start are not counted), after a warm-up call that traces the
+loop. XLA: the gradient of ||S(x~) - S(x)||_2 in a tf.function with jit_compile False / True
 (mean of --steps calls after two warm-up calls). CLEVER:
 the whole N_s-sample score with ``batch_size`` = --clever_batch vs 1, after a
 warm-up; at N_s = 1024 that is 2 x 1024 input gradients of the full network

@@ -110,7 +110,7 @@ class TorchEDSR(nn.Module):
 
 
 def forward_flops(h, w, c=N_FEATS, n_blocks=N_RESBLOCKS):
-  """Convolution FLOPs (2 per multiply-add) of one EDSR-baseline x4 forward pass on an h x w LR image."""
+  """Convolution FLOPs (2 per multiply-add) of one EDSR-baseline x4 forward on an h x w LR image."""
   k = 9
   lr = h * w
   flops = lr * 3 * c * k                      # head

@@ -1,7 +1,7 @@
 """Does bf16 training cost quality? The study recipe trained twice from the same
 initialisation and batches, float32 and mixed_bfloat16, then Set5 PSNR-Y.
 
-    TFSR_DATA_DIR=../shared/data taskset -c 1 python benchmarks/precision_quality.py   # 1000 steps each
+    TFSR_DATA_DIR=../shared/data taskset -c 1 python benchmarks/precision_quality.py  # 1000 steps
     TFSR_DATA_DIR=../shared/data python benchmarks/precision_quality.py --steps=20 \\
         --run_root=/tmp/precision_quality                                             # a quick look
 

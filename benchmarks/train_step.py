@@ -68,7 +68,8 @@ def time_train_step(name, lam, policy, batch, patch, scale, steps):
 
 def main(_):
   machine.print_header()
-  print(f"batch {FLAGS.batch_size}, LR patch {FLAGS.patch_size}, x{FLAGS.scale}, mean of {FLAGS.steps} steps")
+  print(f"batch {FLAGS.batch_size}, LR patch {FLAGS.patch_size}, x{FLAGS.scale}, "
+        f"mean of {FLAGS.steps} steps")
   for name in FLAGS.models:
     for lam_label, lam in (("plain", 0.0), ("entropy", None)):
       row = []

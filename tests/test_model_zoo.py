@@ -186,7 +186,6 @@ def test_mixed_bfloat16(name):
   assert features.dtype == tf.bfloat16 and features.shape[-1] == 64
 
 
-
 def _builder(name):
   return models.get_spec(name).builder
 

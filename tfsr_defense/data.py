@@ -302,8 +302,9 @@ def load_pairs(name, scale, data_dir=None, max_images=None):
   Args:
     name: a registered name (``set5``, ``set14``, ``bsd100``, ``t91``,
       ``bsd200``: resolved under the data directory), ``embedded`` /
-      ``embedded_val`` (scikit-image's photographs: 5 to train, 1 held out), or a folder path (either HR/ + LR_bicubic/X<s>/
-      or a flat folder of HR images; missing LR are made with ``imresize``).
+      ``embedded_val`` (scikit-image's photographs: 5 to train, 1 held out), or
+      a folder path (either HR/ + LR_bicubic/X<s>/ or a flat folder of HR
+      images; missing LR are made with ``imresize``).
     scale: SR scale s.
     data_dir: data directory for registered names (else $TFSR_DATA_DIR).
     max_images: keep only the first images (sorted by file name).

@@ -13,10 +13,11 @@
 ..., ImageNet weights: needs the internet). --sr_models names SR networks
 (run directories: their exported SavedModel, else their Keras network and
 final weights, as the committed results/edsr_x2_cpu/{plain,entropy};
-SavedModel directories; or 'bicubic' for a bicubic x2 stand-in); --defenses takes none, jpeg (JPEG only), wavelet (denoising + JPEG)
-and those names (the full purifier: wavelet denoising, JPEG, SR x2, resize
-back). --eps is in units of 1/255. Images are resized to the classifier's
-input size first; attacks and purification work there.
+SavedModel directories; or 'bicubic' for a bicubic x2 stand-in); --defenses
+takes none, jpeg (JPEG only), wavelet (denoising + JPEG) and those names
+(the full purifier: wavelet denoising, JPEG, SR x2, resize back). --eps is
+in units of 1/255. Images are resized to the classifier's input size first;
+attacks and purification work there.
 
 Threat models: graybox (the paper's: the attack sees the classifier only;
 the adversarial image is purified afterwards) and adaptive (the attack

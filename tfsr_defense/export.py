@@ -1,6 +1,6 @@
 """Export a trained run as a TF-Serving SavedModel.
 
-    python -m tfsr_defense.export --run_dir=runs/edsr_x4_cpu                 # -> saved_models/edsr_x4_cpu/1
+    python -m tfsr_defense.export --run_dir=runs/edsr_x4_cpu    # -> saved_models/edsr_x4_cpu/1
     python -m tfsr_defense.export --run_dir=runs/edsr_x4_cpu --output_dir=/models/edsr --version=2
 
 Signatures: ``serving_default`` (uint8 -> uint8), ``sr_float`` (float32 [0,1])

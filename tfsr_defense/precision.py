@@ -77,7 +77,7 @@ def make_strategy(name="auto", devices=None):
 
 @contextlib.contextmanager
 def policy_scope(name):
-  """Set the global Keras mixed-precision policy (e.g. 'mixed_bfloat16') inside, restore it after."""
+  """Set the global Keras mixed-precision policy (e.g. 'mixed_bfloat16') inside; restore after."""
   saved = tf.keras.mixed_precision.global_policy()
   tf.keras.mixed_precision.set_global_policy(name)
   try:

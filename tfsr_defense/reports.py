@@ -61,7 +61,6 @@ CONVENTIONS = (
     "is stored as null and left out of means.")
 
 
-
 def finite_or_none(v):
   """JSON/CSV value: floats that are inf/NaN become None, numpy scalars Python ones."""
   if isinstance(v, (float, np.floating)):
@@ -181,8 +180,8 @@ def markdown(summary, settings=None):
     return "\n".join(lines) + "\n"
   lines += ["", "## Attacks (LR-PSNR: RGB, no shave, peak 1; SR-PSNR / SR-SSIM: S(x) vs S(x~), "
             "Y, shave = scale, peak 255)", "",
-            "| model | dataset | attack | eps (/255) | steps | images | LR-PSNR (dB) | SR-PSNR (dB) "
-            "| SR-SSIM | adv PSNR-Y vs HR (dB) |",
+            "| model | dataset | attack | eps (/255) | steps | images | LR-PSNR (dB) "
+            "| SR-PSNR (dB) | SR-SSIM | adv PSNR-Y vs HR (dB) |",
             "|---|---|---|---|---|---|---|---|---|---|"]
   for s in attacked:
     lines.append(f"| {s['model']} | {s['dataset']} | {attack_label(s)} | {s['eps_255']:g} | "

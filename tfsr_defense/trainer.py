@@ -768,7 +768,8 @@ def train(config, strategy=None, log=print, flags_text=None):
                  if config.lam > 0 else "plain (no regularizer)")
   adversarial = ("" if config.adversarial == "none" else
                  f" adversarial={config.adversarial}(eps={config.adv_eps * 255:g}/255, "
-                 f"T={config.adv_steps}, {config.adv_objective}{', mix' if config.adv_mix else ''})")
+                 f"T={config.adv_steps}, {config.adv_objective}"
+                 f"{', mix' if config.adv_mix else ''})")
   log(f"model={config.model} x{config.scale} {regularizer}{adversarial} precision={policy} "
       f"replicas={strategy.num_replicas_in_sync} batch={config.batch_size} "
       f"patch={config.patch_size} run_dir={config.run_dir}")

@@ -67,7 +67,8 @@ def get_spec(name):
   try:
     return _REGISTRY[name]
   except KeyError:
-    raise ValueError(f"Unknown model '{name}'. Known models: {', '.join(known_models())}.") from None
+    raise ValueError(f"Unknown model '{name}'. Known models: {', '.join(known_models())}.") \
+        from None
 
 
 def check_scale(scale):
@@ -185,6 +186,7 @@ def feature_model(model, layer_names=(FEATURES,)):
   known = [l.name for l in model.layers]
   missing = [n for n in layer_names if n not in known]
   if missing:
-    raise ValueError(f"No layer named {missing} in model '{model.name}'. Layers: {', '.join(known)}.")
+    raise ValueError(f"No layer named {missing} in model '{model.name}'. "
+                     f"Layers: {', '.join(known)}.")
   outputs = [model.get_layer(n).output for n in layer_names]
   return tf.keras.Model(model.inputs, outputs if len(outputs) > 1 else outputs[0])
