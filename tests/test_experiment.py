@@ -10,7 +10,8 @@ import sys
 import pytest
 from PIL import Image
 
-from tfsr_defense import defenses, evaluation, experiment, reports, studies, suite_report, trainer
+from tfsr_defense import (defenses, evaluation, experiment, overview, reports, studies,
+                          suite_report, trainer)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -182,6 +183,15 @@ def test_tiny_suite_end_to_end_and_resume(data_dir, tmp_path):
   fresh = reports.read_rows(suite_report.variant_report_dir(moved["suite_dir"], other.variants[1]))
   assert len(fresh) == 8 and not any("shared_from" in r for r in fresh)
   assert moved["table"][0] == dict(result["table"][0], variant="none")
+  # The overview: each trained network once, against the plain one, the suites it stands for.
+  diffs = experiment.studies_overview(out, recipe, dataset="set5")
+  assert [(d["run"], d["baseline"], d["variants"]) for d in diffs] == [
+      ("edsr_lambda1", "edsr_lambda0", ["tiny/ER"]),
+      ("edsr_lambda1_first", "edsr_lambda0", ["other/ER+first"])]
+  er = [p for _, _, ps in suite_report.paired_comparison(TINY, rows) for p in ps]
+  assert diffs[0]["clean PSNR-Y"] == next(p for p in er if p["kind"] == "clean")
+  assert diffs[0]["I-FGSM"] == next(p for p in er if p["attack"] == "ifgsm")
+  assert os.path.isfile(os.path.join(out, overview.FIGURE_FILE))
   # Another recipe into the same suite directory is refused, naming what differs.
   with pytest.raises(ValueError, match=r"another recipe.*'steps': \(4, 6\)"):
     experiment.run_suite(TINY, _tiny_recipe(data_dir, steps=6), output_dir=out, runs_root=runs,

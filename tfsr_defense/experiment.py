@@ -18,6 +18,8 @@ the same recipe and settings: its cells are copied (``share_evaluation``). Re-ru
 suite skips finished training and finished evaluation cells. The suite directory records
 its recipe; a re-run with another recipe (or budget) is refused, so one suite never mixes
 recipes. Two processes (one per core) share a suite's work through ``fileio.ProcessLock``.
+``--report_only`` rewrites the reports and the overview of every network the suites
+trained against its plain counterpart (``studies_overview``, ``overview``).
 """
 
 import dataclasses
@@ -29,11 +31,12 @@ import time
 
 from absl import flags
 
-from tfsr_defense import (cli, data, defenses, evaluation, fileio, models, reports, studies,
-                          suite_report, trainer)
+from tfsr_defense import (cli, data, defenses, evaluation, fileio, models, overview, reports,
+                          studies, suite_report, trainer)
 
 __all__ = ["load_recipe", "plan", "remaining_gradients", "remaining_work", "estimate_seconds",
-           "run_suite", "rewrite_suite_report", "share_evaluation", "DEFAULT_RECIPE"]
+           "run_suite", "rewrite_suite_report", "share_evaluation", "studies_overview",
+           "DEFAULT_RECIPE"]
 
 DEFAULT_RECIPE = os.path.join("flags", "experiments", "edsr_x4_study.cfg")
 SUITE_FILE = "suite.json"
@@ -301,6 +304,39 @@ def rewrite_suite_report(suite, recipe, output_dir=os.path.join("results", "expe
            for name in names}
   expected = suite_report.expected_cells(suite, settings, sizes)
   return suite_report.write_suite_report(suite, suite_dir, recipe, expected=expected)
+
+
+def studies_overview(output_dir, recipe, dataset="bsd100", eps_255=4.0):
+  """Write the overview of every network the suites under ``output_dir`` trained with
+  ``recipe`` (``overview.write_overview``: ``overview.md`` / ``overview.png``).
+
+  Each undefended variant's network (its run name) is one entry, with the
+  suites/variants it stands for and the rows of the variant report that has
+  the most cells (suites share a network's cells); its baseline is the run of
+  the same model at lambda = 0. Suites made with another recipe are left out.
+
+  Returns:
+    the ``overview.network_differences`` list (empty: nothing written).
+  """
+  ours = _sharing_record(dict(recipe=_recipe_record(recipe)))["recipe"]
+  networks = {}
+  for other, saved, variants in _suite_records(output_dir):
+    if saved.get("recipe") != ours:
+      continue
+    for variant in variants:
+      if variant.defense != "none":
+        continue
+      run = studies.run_name(recipe, variant)
+      model = studies.variant_config(recipe, variant, runs_root="").model
+      plain = studies.Variant("plain", (("model", model), ("entropy_weight", 0.0)))
+      rows = reports.read_rows(suite_report.variant_report_dir(
+          os.path.join(output_dir, other), variant), repair=False)
+      entry = networks.setdefault(run, dict(baseline=studies.run_name(recipe, plain),
+                                            variants=[], rows=[]))
+      entry["variants"].append(f"{other}/{variant.name}")
+      if len({r.get("cell") for r in rows}) > len({r.get("cell") for r in entry["rows"]}):
+        entry["rows"] = rows
+  return overview.write_overview(output_dir, networks, dataset=dataset, eps_255=eps_255)
 
 
 def share_evaluation(output_dir, suite, variant, recipe, eval_settings, fingerprint):
@@ -635,8 +671,9 @@ flags.DEFINE_float("seconds_per_gradient", None, "--dry_run: seconds per input g
                    "logs when other processes load this machine.", lower_bound=0.0,
                    flag_values=FLAGS)
 flags.DEFINE_bool("report_only", False, "Write the suite's suite.md / suite.png again from "
-                  "its reports so far (settings from its suite.json); train and evaluate "
-                  "nothing.", flag_values=FLAGS)
+                  "its reports so far (settings from its suite.json), and the overview of "
+                  "every suite's networks (overview.md / overview.png in --output_dir); train "
+                  "and evaluate nothing.", flag_values=FLAGS)
 flags.mark_flag_as_required("suite", flag_values=FLAGS)
 
 
@@ -702,6 +739,8 @@ def main(argv):
         continue
       rewrite_suite_report(studies.get_suite(suite.name), recipe, FLAGS.output_dir)
       print(f"Suite report: {os.path.join(FLAGS.output_dir, suite.name, suite_report.TABLE_FILE)}")
+    if studies_overview(FLAGS.output_dir, recipe):
+      print(f"Overview of the networks: {os.path.join(FLAGS.output_dir, overview.TABLE_FILE)}")
     return
   if FLAGS.dry_run:
     _dry_run(suites, recipe, FLAGS.recipe, FLAGS.runs_root, dict(

@@ -6,6 +6,8 @@
 * ``plot_example``: LR / attacked LR / perturbation / S(x) / S(x~) / HR side by side (Fig. 3).
 * ``plot_features``: mean feature map and feature histogram, clean vs attacked (Fig. 4).
 * ``make_plots(report_dir)``: all of them from the files ``evaluation.evaluate`` writes.
+* ``plot_suite``, ``plot_paired``: a study's variants (``suite_report``); ``plot_tradeoff``:
+  robustness gained against clean PSNR lost, one point per network (``overview``).
 
 SR-PSNR: S(x) vs S(x~), Y channel, shave = scale, peak 255 (dB); LR-PSNR:
 x vs x~, RGB, no shave, peak 1 (dB); eps in units of 1/255.
@@ -25,8 +27,8 @@ import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=wrong-import-posi
 import numpy as np  # noqa: E402  pylint: disable=wrong-import-position
 
 __all__ = ["plot_sr_psnr_vs_eps", "plot_lr_vs_sr_psnr", "plot_clever_vs_sr_psnr",
-           "plot_example", "plot_features", "plot_suite", "plot_paired", "make_plots",
-           "save_figure", "eps_axis", "PLOTS_DIR"]
+           "plot_example", "plot_features", "plot_suite", "plot_paired", "plot_tradeoff",
+           "make_plots", "save_figure", "eps_axis", "PLOTS_DIR"]
 
 PLOTS_DIR = "plots"
 _SR_LABEL = "SR-PSNR (dB): S(x) vs S(x~), Y, shave = scale"
@@ -270,6 +272,47 @@ def plot_paired(pairs, variants, path, title=None):
   ax.grid(True, axis="y", alpha=0.3)
   if title:
     fig.suptitle(title, fontsize=10)
+  return save_figure(fig, path)
+
+
+def plot_tradeoff(diffs, attacks, clean, path, dataset="bsd100", eps_255=4.0):
+  """Robustness gained against clean quality lost, one point per network
+  (``overview.network_differences``).
+
+  Args:
+    diffs: dicts with 'run', 'baseline' and paired differences (mean, se) under
+      the headings ``attacks`` and ``clean`` (None where missing).
+    attacks: headings of the attack differences, a panel each.
+    clean: heading of the clean PSNR-Y difference.
+    path: output .png.
+    dataset, eps_255: for the labels.
+
+  x: clean PSNR-Y difference (dB), y: SR-PSNR difference at eps (dB), ± one
+  standard error on both; the plain networks at the origin (dashed axes).
+  One colour per baseline (architecture). Returns path.
+  """
+  fig, axes = plt.subplots(1, len(attacks), figsize=(5.6 * len(attacks), 4.4), squeeze=False)
+  bases = sorted({d["baseline"] for d in diffs})
+  color = {b: f"C{i}" for i, b in enumerate(bases)}
+  for ax, attack in zip(axes[0], attacks):
+    for d in diffs:
+      x, y = d.get(clean), d.get(attack)
+      if x is None or y is None:
+        continue
+      ax.errorbar(x["mean"], y["mean"], xerr=x["se"] or 0.0, yerr=y["se"] or 0.0, marker="o",
+                  capsize=2, color=color[d["baseline"]])
+      ax.annotate(d["run"], (x["mean"], y["mean"]), fontsize=6, xytext=(3, 3),
+                  textcoords="offset points")
+    ax.axhline(0.0, color="k", linestyle="--", linewidth=0.8)
+    ax.axvline(0.0, color="k", linestyle="--", linewidth=0.8)
+    ax.plot([0.0], [0.0], "kx", label="the plain network (baseline)")
+    for b in bases:
+      ax.plot([], [], "o", color=color[b], label=f"against {b}")
+    ax.legend(fontsize=7, loc="best")
+    ax.set_xlabel(f"clean PSNR-Y difference on {dataset} (dB)", fontsize=8)
+    ax.set_ylabel(f"{attack} SR-PSNR difference at {eps_255:g}/255 (dB)", fontsize=8)
+    ax.set_title(f"{attack}, {dataset}: robustness gained vs clean PSNR lost", fontsize=9)
+    ax.grid(True, alpha=0.3)
   return save_figure(fig, path)
 
 
