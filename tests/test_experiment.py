@@ -261,7 +261,7 @@ def test_cli_dry_run_and_errors(data_dir, tmp_path):
   assert line.endswith("new; ~14,870 input gradients of evaluation left"), line
   assert not runs.exists()  # a dry run changes nothing
   # Every suite at once (without RCAN and MSRN), each network counted once: 20 distinct runs x 8
-  # steps; 20 networks x 14,870 gradients + behind JPEG 2 x 9750 (the adaptive attack; the
+  # steps, the 2 adversarially trained ones (I-FGSM, T = 1) counted twice: 176; 20 networks x 14,870 gradients + behind JPEG 2 x 9750 (the adaptive attack; the
   # non-adaptive one reuses the bare network's) + behind random resizing 2 x 2 x 9750 (EOT k = 2).
   excluded = [f"--exclude_variant={n} {k}" for n in ("rcan", "msrn") for k in ("plain", "ER")]
   proc = subprocess.run([sys.executable, "-m", "tfsr_defense.experiment", "--suite=all",
@@ -274,10 +274,11 @@ def test_cli_dry_run_and_errors(data_dir, tmp_path):
   assert proc.stdout.count("Suite '") == 7 and "rcan" not in proc.stdout
   total = proc.stdout.strip().splitlines()[-1]
   assert total.startswith("All 7 suites, each network trained and evaluated once: 20 training "
-                          "runs, 160 steps x "), total
-  # Given rates, nothing timed: 160 x 1.5 s + 355,900 x 0.8 s = 284,960 s = 79.2 h.
+                          "runs, 176 steps x "), total
+  # Given rates, nothing timed: 176 x 1.5 s + 355,900 x 0.8 s = 284,984 s = 79.2 h.
   assert " + 24 evaluations, ~355,900 input gradients x 0.800 s = 79.2 h in one process, " \
-      "~39.6 h in two" in total and "160 steps x 1.50 s" in total and "given" in total, total
+      "~39.6 h in two" in total and "176 steps x 1.50 s" in total and "given" in total, total
+  assert "an adversarial-training step counted as 1 + T steps" in total, total
   assert not runs.exists() and not (tmp_path / "results").exists()
   for args, message in (
       (["--suite=all"], "--suite=all goes with --dry_run or --report_only"),
