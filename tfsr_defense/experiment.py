@@ -535,7 +535,8 @@ def remaining_gradients(suite, recipe, *, output_dir, runs_root,
     if clever and variant.defense == "none":
       done = max(count(rows, name, "clever") for rows, name in sources)
       if set5 > done:
-        grads += clever_samples * (set5 - done) - _clever_samples_done(own_dir, clever_samples)
+        grads += max(clever_samples * (set5 - done)
+                     - _clever_samples_done(own_dir, clever_samples), 0)
     out[variant.name] = grads
   return out
 
@@ -546,7 +547,8 @@ def remaining_work(suites, recipe, *, runs_root, **evaluation_settings):
   Training: the steps to go of every distinct run directory, a step of
   adversarial training with T attack steps counted as 1 + T steps (each
   attack step is another forward and backward pass over the batch; measured
-  here: 2.0 against 1.3 s per step with T = 1, so about an upper bound). Evaluation:
+  here: 2.0 against 1.3 s per step with T = 1, so about an upper bound).
+  Evaluation:
   ``remaining_gradients`` per variant, once per training run for the
   undefended variants (the suites share their cells, ``share_evaluation``)
   and once per suite variant behind a defense.
