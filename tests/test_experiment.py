@@ -261,8 +261,9 @@ def test_cli_dry_run_and_errors(data_dir, tmp_path):
   assert line.endswith("new; ~14,870 input gradients of evaluation left"), line
   assert not runs.exists()  # a dry run changes nothing
   # Every suite at once (without RCAN and MSRN), each network counted once: 20 distinct runs x 8
-  # steps, the 2 adversarially trained ones (I-FGSM, T = 1) counted twice: 176; 20 networks x 14,870 gradients + behind JPEG 2 x 9750 (the adaptive attack; the
-  # non-adaptive one reuses the bare network's) + behind random resizing 2 x 2 x 9750 (EOT k = 2).
+  # steps, the 2 adversarially trained ones (I-FGSM, T = 1) counted twice: 176; 20 networks x
+  # 14,870 gradients + behind JPEG 2 x 9750 (the adaptive attack; the non-adaptive one reuses
+  # the bare network's) + behind random resizing 2 x 2 x 9750 (EOT k = 2).
   excluded = [f"--exclude_variant={n} {k}" for n in ("rcan", "msrn") for k in ("plain", "ER")]
   proc = subprocess.run([sys.executable, "-m", "tfsr_defense.experiment", "--suite=all",
                          "--dry_run", "--steps=8", f"--recipe={recipe}", f"--runs_root={runs}",
