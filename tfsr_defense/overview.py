@@ -65,10 +65,7 @@ def network_differences(networks, dataset="bsd100", eps_255=4.0):
 
 
 def _cell(p, digits=2):
-  if p is None:
-    return "–"
-  se = "" if p["se"] is None else f" ± {p['se']:.{digits}f}"
-  return f"{p['mean']:+.{digits}f}{se} ({p['higher']}/{p['n']})"
+  return "–" if p is None else comparison._cell(p, digits)  # pylint: disable=protected-access
 
 
 def write_overview(output_dir, networks, dataset="bsd100", eps_255=4.0):
