@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -147,7 +148,8 @@ def test_tiny_suite_end_to_end_and_resume(data_dir, tmp_path):
                                        **left) == {"plain": 0, "ER": 0}
   # Behind defenses: the bare network's cells are shared from 'tiny', the non-adaptive views
   # reuse its attacks, the adaptive one through JPEG (BPDA) costs 2 x 17 gradients, through
-  # random resizing k = 3 times that, and the network's training is counted once.
+  # random resizing k = 3 times that; the network's training is counted once, and not at all
+  # where the results keep its final weights (another runs root restores them).
   pre = studies.Suite("pre", "test", (
       studies.Variant("ER + none", (("entropy_weight", 1.0),)),
       studies.Variant("ER + JPEG", (("entropy_weight", 1.0),), "jpeg:75"),
@@ -156,7 +158,9 @@ def test_tiny_suite_end_to_end_and_resume(data_dir, tmp_path):
                                        **dict(left, eot_samples=3)) == {
                                            "ER + none": 0, "ER + JPEG": 34, "ER + resize": 102}
   assert experiment.estimate_seconds(pre, recipe, runs_root=str(tmp_path / "fresh_runs"),
-                                     output_dir=out, **left)[1] == 4
+                                     output_dir=str(tmp_path / "fresh_results"), **left)[1] == 4
+  assert experiment.estimate_seconds(pre, recipe, runs_root=str(tmp_path / "fresh_runs"),
+                                     output_dir=out, **left)[1] == 0
   # A second suite with the same networks under other names evaluates nothing again: it
   # copies the cells (and example files) of the first, renamed.
   other = studies.Suite("other", "test", (
@@ -282,7 +286,7 @@ def test_cli_dry_run_and_errors(data_dir, tmp_path):
   assert "an adversarial-training step counted as 1 + T steps" in total, total
   assert not runs.exists() and not (tmp_path / "results").exists()
   for args, message in (
-      (["--suite=all"], "--suite=all goes with --dry_run or --report_only"),
+      (["--suite=all"], "--suite=all goes with --dry_run, --report_only or --save_progress"),
       (["--suite=all", "--dry_run", "--exclude_variant=nope"],
        "Unknown variant(s) ['nope']: not in suite(s) ablation, adversarial"),
       (["--suite=lambda", "--exclude_variant=lambda=0", "--exclude_variant=lambda=0.1",
@@ -310,6 +314,78 @@ def test_cli_dry_run_and_errors(data_dir, tmp_path):
       f"{tmp_path / 'none' / 'lambda' / 'suite.json'} does not exist (run --suite=lambda with "
       "this --output_dir first).")
   assert not (tmp_path / "none").exists()
+  # --save_progress with no run under --runs_root: says so, writes nothing.
+  proc = subprocess.run([sys.executable, "-m", "tfsr_defense.experiment", "--suite=all",
+                         "--save_progress", f"--runs_root={runs}",
+                         f"--output_dir={tmp_path / 'none'}"],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+                        check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert f"No unfinished training run under {runs} holds more than the results." in proc.stdout
+  assert not (tmp_path / "none").exists() and not runs.exists()
+
+
+def test_runs_travel_with_the_results(data_dir, tmp_path):
+  """A machine with the suites' results but not runs/ resumes an unfinished run from the
+  checkpoint --save_progress copied into the results, and takes a finished run's weights from
+  the results instead of training it again."""
+  recipe = _tiny_recipe(data_dir)
+  out = str(tmp_path / "results")
+  runs = [str(tmp_path / f"machine{k}" / "runs") for k in range(3)]
+  args = dict(RUN_ARGS, attacks=(), clever=False, max_images=1)
+  plain = studies.variant_config(recipe, TINY.variants[0], runs[0])
+  trainer.train(plain, log=lambda *_: None)
+  uninterrupted = trainer.load_run_model(plain.run_dir)[1].get_weights()
+  for name in os.listdir(plain.run_dir):  # interrupted after step 2 of 4
+    if name in ("result.json", "model.weights.h5"):
+      os.remove(os.path.join(plain.run_dir, name))
+  for name in os.listdir(os.path.join(plain.run_dir, "ckpt")):
+    if name.startswith("ckpt-4."):
+      os.remove(os.path.join(plain.run_dir, "ckpt", name))
+  assert experiment.save_progress(TINY, recipe, out, runs[0], log=lambda *_: None) == [
+      ("plain", 2)]
+  copy = os.path.join(out, "tiny", "runs", "plain")
+  assert sorted(os.listdir(os.path.join(copy, "ckpt"))) == [
+      "ckpt-2.data-00000-of-00001", "ckpt-2.index"]
+  assert experiment.save_progress(TINY, recipe, out, runs[0], log=lambda *_: None) == []
+  # Machine 1: only the results. The copy is plain's, not ER's (another network).
+  assert [s for _, _, s in experiment.plan(TINY, recipe, runs[1], out)] == [
+      f"resumable at step 2 (kept in {copy})", "new"]
+  assert [s for _, _, s in experiment.plan(TINY, recipe, runs[1])] == ["new", "new"]
+  work = experiment.remaining_work([TINY], recipe, runs_root=runs[1], output_dir=out,
+                                   attack_datasets=(), attacks=(), clever=False)
+  assert work["steps"] == 2 + 4
+  lines = []
+  experiment.run_suite(TINY, recipe, output_dir=out, runs_root=runs[1], variants=["plain"],
+                       **dict(args, log=lines.append))
+  assert any("restored the checkpoint of step 2" in line for line in lines), lines
+  plain1 = studies.variant_config(recipe, TINY.variants[0], runs[1])
+  with open(os.path.join(plain1.run_dir, "result.json"), encoding="utf-8") as f:
+    assert json.load(f)["step"] == 4
+  with open(os.path.join(plain1.run_dir, "config.json"), encoding="utf-8") as f:
+    assert json.load(f)["run_dir"] == plain1.run_dir
+  resumed = trainer.load_run_model(plain1.run_dir)[1].get_weights()
+  assert all(np.array_equal(a, b) for a, b in zip(resumed, uninterrupted))  # the same batches
+  # The final weights replace the copied checkpoint in the results.
+  assert not os.path.exists(os.path.join(copy, "ckpt"))
+  with open(os.path.join(plain1.run_dir, "model.weights.h5"), "rb") as f:
+    weights = f.read()
+  with open(os.path.join(copy, "model.weights.h5"), "rb") as f:
+    assert f.read() == weights
+  # Machine 2: the finished run is restored, not trained (nothing to train with train=False).
+  assert [s for _, _, s in experiment.plan(TINY, recipe, runs[2], out)][0] == \
+      f"trained (kept in {copy})"
+  result = experiment.run_suite(TINY, recipe, output_dir=out, runs_root=runs[2],
+                                variants=["plain"], train=False, **args)
+  assert result["skipped_variants"] == []
+  plain2 = studies.variant_config(recipe, TINY.variants[0], runs[2])
+  assert not os.path.exists(os.path.join(plain2.run_dir, "ckpt"))
+  with open(os.path.join(plain2.run_dir, "model.weights.h5"), "rb") as f:
+    assert f.read() == weights
+  # A damaged copy is passed over: nothing to restore from.
+  with open(os.path.join(copy, "config.json"), "w", encoding="utf-8") as f:
+    f.write("{")
+  assert experiment.committed_run(plain2, out) is None
 
 
 def test_remaining_work_counts_each_network_once(data_dir, tmp_path):

@@ -18,6 +18,9 @@ the same recipe and settings: its cells are copied (``share_evaluation``). Re-ru
 suite skips finished training and finished evaluation cells. The suite directory records
 its recipe; a re-run with another recipe (or budget) is refused, so one suite never mixes
 recipes. Two processes (one per core) share a suite's work through ``fileio.ProcessLock``.
+Another machine with the results but not ``runs/`` restores a run from the suites'
+results instead of training it again: the final weights the runner copies there, or the
+checkpoint ``--save_progress`` copied there from an unfinished run (``restore_run``).
 ``--report_only`` rewrites the reports and the overview of every network the suites
 trained against its plain counterpart (``studies_overview``, ``overview``).
 """
@@ -35,7 +38,7 @@ from tfsr_defense import (cli, data, defenses, evaluation, fileio, models, overv
                           studies, suite_report, trainer)
 
 __all__ = ["load_recipe", "plan", "remaining_gradients", "remaining_work", "estimate_seconds",
-           "run_suite", "rewrite_suite_report", "share_evaluation", "studies_overview",
+           "run_suite", "committed_run", "restore_run", "save_progress", "rewrite_suite_report", "share_evaluation", "studies_overview",
            "DEFAULT_RECIPE"]
 
 DEFAULT_RECIPE = os.path.join("flags", "experiments", "edsr_x4_study.cfg")
@@ -129,18 +132,30 @@ def _trained(config):
     return json.load(f).get("step") == config.steps
 
 
-def plan(suite, recipe, runs_root=os.path.join("runs", "experiments")):
-  """[(variant, TrainConfig, status)] with status 'trained', 'resumable at step N' or 'new'."""
+def plan(suite, recipe, runs_root=os.path.join("runs", "experiments"), output_dir=None):
+  """[(variant, TrainConfig, status)] with status 'trained', 'resumable at step N' or 'new',
+  followed by ' (kept in <copy>)' when that much of the run is in the results under
+  ``output_dir`` rather than in its run directory (``committed_run``; None: not looked for)."""
   out = []
   for variant in suite.variants:
     config = studies.variant_config(recipe, variant, runs_root)
-    if _trained(config):
-      status = "trained"
-    else:
-      latest = _latest_step(config.run_dir)
-      status = f"resumable at step {latest}" if latest else "new"
-    out.append((variant, config, status))
+    done, copy = _progress(config, output_dir)
+    status = ("trained" if done == config.steps else
+              f"resumable at step {done}" if done else "new")
+    out.append((variant, config, status + (f" (kept in {copy})" if copy else "")))
   return out
+
+
+def _progress(config, output_dir=None):
+  """(training steps done, None or the results' copy holding them): the run directory's, or a
+  copy's in the results under ``output_dir`` (``committed_run``) when that holds more."""
+  if _trained(config):
+    return config.steps, None
+  step = _latest_step(config.run_dir)
+  found = committed_run(config, output_dir) if output_dir else None
+  if found and (found[2] or found[1] > step):
+    return found[1], found[0]
+  return step, None
 
 
 def _latest_step(run_dir):
@@ -150,6 +165,145 @@ def _latest_step(run_dir):
   steps = [int(f.split("-")[1].split(".")[0]) for f in os.listdir(ckpt)
            if f.startswith("ckpt-") and f.endswith(".index")]
   return max(steps) if steps else 0
+
+
+# Not part of what makes two training runs the same network.
+_NOT_THE_NETWORK = ("run_dir", "data_dir", "checkpoint_every", "eval_every", "log_every",
+                    "export", "regularized")
+
+
+def _run_key(record):
+  """The settings of a run's ``config.json`` record (or ``asdict(TrainConfig)``) that decide its
+  network, JSON-normalised; a key older records lack takes TrainConfig's default."""
+  key = {f.name: record.get(f.name, f.default) for f in dataclasses.fields(trainer.TrainConfig)
+         if f.name not in _NOT_THE_NETWORK}
+  return json.loads(fileio.json_text(key))
+
+
+def committed_run(config, output_dir):
+  """A copy of ``config``'s training run kept in the suites' results, or None.
+
+  The runner copies a finished run's config, result and (small) weights into
+  ``<output_dir>/<suite>/runs/<variant>/`` (``_copy_run_files``) and, with
+  ``--save_progress``, an unfinished run's newest checkpoint into its ``ckpt/``
+  (``save_progress``). Another machine with the results but not ``runs/``
+  restores the run from there (``restore_run``) instead of training it again.
+
+  Returns:
+    (directory, step, final): the final weights of exactly ``config.steps``
+    steps if some suite keeps them (final True), else the copy with the newest
+    checkpoint (final False); None when no copy has the same network settings
+    (``_run_key``). Unreadable copies are passed over.
+  """
+  key = _run_key(dataclasses.asdict(config))
+  best = None
+  for suite_name in sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else ():
+    runs = os.path.join(output_dir, suite_name, "runs")
+    for name in sorted(os.listdir(runs)) if os.path.isdir(runs) else ():
+      copy = os.path.join(runs, name)
+      try:
+        with open(os.path.join(copy, "config.json"), encoding="utf-8") as f:
+          saved = json.load(f)
+        if not isinstance(saved, dict) or _run_key(saved) != key:
+          continue
+        if _trained(dataclasses.replace(config, run_dir=copy)):
+          return copy, config.steps, True
+      except (OSError, ValueError):
+        continue
+      step = _latest_step(copy)
+      if 0 < step < config.steps and (best is None or step > best[1]):
+        best = (copy, step, False)
+  return best
+
+
+def _copy_file(src, dst):
+  """Copy ``src`` to ``dst`` through a temporary file (never a half-written ``dst``)."""
+  shutil.copyfile(src, dst + ".tmp")
+  os.replace(dst + ".tmp", dst)
+
+
+def _checkpoint_files(run_dir, step):
+  """The files of checkpoint ``ckpt-<step>`` under ``run_dir/ckpt`` (index last)."""
+  ckpt = os.path.join(run_dir, "ckpt")
+  data_files = sorted(f for f in os.listdir(ckpt) if f.startswith(f"ckpt-{step}.data-"))
+  return data_files + [f"ckpt-{step}.index"]
+
+
+def _write_config_record(source_dir, run_dir):
+  """``source_dir``'s config.json into ``run_dir``, its run_dir field made ``run_dir``."""
+  with open(os.path.join(source_dir, "config.json"), encoding="utf-8") as f:
+    saved = json.load(f)
+  saved["run_dir"] = run_dir
+  fileio.write_json(os.path.join(run_dir, "config.json"), saved)
+
+
+def restore_run(config, output_dir, log=print):
+  """Restore ``config``'s run directory from the suites' results (``committed_run``) when they
+  hold more of it than the directory: the final weights, or a newer checkpoint to resume.
+
+  Returns:
+    the copy's directory, or None when nothing was restored.
+  """
+  if _trained(config):
+    return None
+  found = committed_run(config, output_dir)
+  if found is None:
+    return None
+  copy, step, final = found
+  if not final and step <= _latest_step(config.run_dir):
+    return None
+  os.makedirs(config.run_dir, exist_ok=True)
+  if final:
+    for name in ("model.weights.h5", "result.json", "flags.txt"):
+      if os.path.isfile(os.path.join(copy, name)):
+        _copy_file(os.path.join(copy, name), os.path.join(config.run_dir, name))
+    log(f"  restored the final weights of {config.run_dir} from {copy}")
+  else:
+    os.makedirs(os.path.join(config.run_dir, "ckpt"), exist_ok=True)
+    for name in _checkpoint_files(copy, step):
+      _copy_file(os.path.join(copy, "ckpt", name), os.path.join(config.run_dir, "ckpt", name))
+    log(f"  restored the checkpoint of step {step} of {config.run_dir} from {copy}: resuming")
+  _write_config_record(copy, config.run_dir)
+  return copy
+
+
+def save_progress(suite, recipe, output_dir=os.path.join("results", "experiments"),
+                  runs_root=os.path.join("runs", "experiments"), log=print):
+  """Copy the newest checkpoint of every unfinished training run of ``suite`` into the suite's
+  results (``<output_dir>/<suite>/runs/<variant>/ckpt/``, with the run's config.json), so that
+  a machine that has the results but not ``runs/`` resumes the run there (``restore_run``).
+
+  The copy replaces the variant's older copied checkpoint; it is deleted once the run's final
+  weights are copied. A run being written meanwhile is safe: a checkpoint is copied data first,
+  index last, and the trainer keeps the last three.
+
+  Returns:
+    [(variant name, step)] of the checkpoints copied.
+  """
+  saved = []
+  for variant, config, _ in plan(suite, recipe, runs_root):
+    step = _latest_step(config.run_dir)
+    if _trained(config) or not step:
+      continue
+    target = os.path.join(output_dir, suite.name, "runs", reports.safe_name(variant.name))
+    found = committed_run(config, output_dir)
+    if found and (found[2] or found[1] >= step):
+      continue  # the results already hold as much of this run
+    if found and found[0] != target:  # an older copy kept by another suite
+      shutil.rmtree(os.path.join(found[0], "ckpt"), ignore_errors=True)
+    ckpt = os.path.join(target, "ckpt")
+    os.makedirs(ckpt, exist_ok=True)
+    for name in _checkpoint_files(config.run_dir, step):
+      _copy_file(os.path.join(config.run_dir, "ckpt", name), os.path.join(ckpt, name))
+    for name in os.listdir(ckpt):  # older copies
+      if name.startswith("ckpt-") and not name.startswith(f"ckpt-{step}."):
+        os.remove(os.path.join(ckpt, name))
+    _write_config_record(config.run_dir, target)
+    fileio.atomic_write(os.path.join(target, "flags.txt"), flags_text(config))
+    log(f"{suite.name}/{variant.name}: checkpoint of step {step} of {config.steps} copied to "
+        f"{ckpt}")
+    saved.append((variant.name, step))
+  return saved
 
 
 def _variant_models(config, variant, eot_samples):
@@ -223,19 +377,23 @@ def run_suite(suite, recipe, *, output_dir=os.path.join("results", "experiments"
     sets[name] = data.load_pairs(name, scale, data_dir=recipe.data_dir, max_images=max_images)
   _check_suite_dir(suite_dir, suite, recipe, eval_settings)
   skipped, busy = [], []
-  for index, (variant, config, status) in enumerate(plan(selected, recipe, runs_root), 1):
+  for index, (variant, config, status) in enumerate(plan(selected, recipe, runs_root,
+                                                          output_dir), 1):
     log(f"[{suite.name} {index}/{len(selected.variants)}] {variant.name}: {config.run_dir} "
         f"({status})")
-    if status != "trained":
+    if not status.startswith("trained"):
       if not train:
         skipped.append(variant.name)
         continue
+    if not _trained(config):
       with fileio.ProcessLock(config.run_dir) as locked:
         if not locked:
           log(f"  {config.run_dir} is being trained by process {locked.owner}: skipped for now")
           busy.append(variant.name)
           continue
         if not _trained(config):  # another process may have finished it meanwhile
+          restore_run(config, output_dir, log=log)  # from another machine's results
+        if not _trained(config):
           trainer.train(config, log=log, flags_text=flags_text(config))
     report_dir = suite_report.variant_report_dir(suite_dir, variant)
     with fileio.ProcessLock(report_dir) as locked:
@@ -437,8 +595,10 @@ def flags_text(config):
 
 
 def _copy_run_files(config, target):
-  """The run's effective flags, config, validation result and (small) final weights."""
+  """The run's effective flags, config, validation result and (small) final weights; a copied
+  checkpoint of the unfinished run (``save_progress``) is deleted."""
   os.makedirs(target, exist_ok=True)
+  shutil.rmtree(os.path.join(target, "ckpt"), ignore_errors=True)
   fileio.atomic_write(os.path.join(target, "flags.txt"), flags_text(config))
   names = ["config.json", "result.json"]
   # Weights only where small (EDSR-baseline, CARN: < 8 MB); the rest: rerun the command.
@@ -562,11 +722,13 @@ def remaining_work(suites, recipe, *, runs_root, **evaluation_settings):
   variants, steps, grads = [], {}, {}
   for suite in suites:
     left = remaining_gradients(suite, recipe, runs_root=runs_root, **evaluation_settings)
-    for variant, config, status in plan(suite, recipe, runs_root):
+    output_dir = evaluation_settings.get("output_dir")
+    for variant, config, status in plan(suite, recipe, runs_root, output_dir):
       variants.append((suite.name, variant, config, status, left[variant.name]))
-      if status != "trained":
+      done, _ = _progress(config, output_dir)
+      if done < config.steps:
         cost = 1 + config.adv_steps if config.adversarial != "none" else 1
-        steps[config.run_dir] = (config.steps - _latest_step(config.run_dir)) * cost
+        steps[config.run_dir] = (config.steps - done) * cost
       key = (studies.run_name(recipe, variant) if variant.defense == "none"
              else (suite.name, variant.name))
       grads[key] = max(grads.get(key, 0.0), left[variant.name])
@@ -680,6 +842,10 @@ flags.DEFINE_bool("report_only", False, "Write the suite's suite.md / suite.png 
                   "its reports so far (settings from its suite.json), and the overview of "
                   "every suite's networks (overview.md / overview.png in --output_dir); train "
                   "and evaluate nothing.", flag_values=FLAGS)
+flags.DEFINE_bool("save_progress", False, "Copy the newest checkpoint of every unfinished "
+                  "training run of the suite(s) into <output_dir>/<suite>/runs/<variant>/ckpt/, "
+                  "so that a machine with the results but not --runs_root resumes it (a re-run "
+                  "restores runs from there); train and evaluate nothing.", flag_values=FLAGS)
 flags.mark_flag_as_required("suite", flag_values=FLAGS)
 
 
@@ -725,9 +891,9 @@ def main(argv):
     except ValueError:
       raise ValueError(f"--eps takes numbers in units of 1/255; got {v!r}.") from None
   if FLAGS.suite == ALL_SUITES:
-    if not (FLAGS.dry_run or FLAGS.report_only) or FLAGS.variant:
-      raise ValueError("--suite=all goes with --dry_run or --report_only (and --exclude_variant, "
-                       "not --variant); run the suites one by one.")
+    if not (FLAGS.dry_run or FLAGS.report_only or FLAGS.save_progress) or FLAGS.variant:
+      raise ValueError("--suite=all goes with --dry_run, --report_only or --save_progress (and "
+                       "--exclude_variant, not --variant); run the suites one by one.")
     suites = [studies.get_suite(name) for name in studies.known_suites()]
   else:
     suites = [studies.get_suite(FLAGS.suite)]
@@ -737,6 +903,11 @@ def main(argv):
     suites = studies.exclude_variants(suites, FLAGS.exclude_variant)
     if not suites:
       raise ValueError("--exclude_variant leaves no variant to run.")
+  if FLAGS.save_progress:
+    copied = [save_progress(suite, recipe, FLAGS.output_dir, FLAGS.runs_root) for suite in suites]
+    if not any(copied):
+      print(f"No unfinished training run under {FLAGS.runs_root} holds more than the results.")
+    return
   if FLAGS.report_only:
     for suite in suites:
       if FLAGS.suite == ALL_SUITES and not os.path.isfile(
