@@ -4,6 +4,7 @@ attacks, evaluation loop, CLI."""
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -325,6 +326,11 @@ def test_tiny_end_to_end_evaluation_reports_plots_and_resumes(tmp_path):
       np.mean([r["pred_defended_attacked"] == r["label"] for r in group]))
   assert s["acc_clean"] == pytest.approx(np.mean([r["pred_clean"] == r["label"] for r in group]))
   # Resume: nothing recomputed.
+  again = classifier_evaluation.evaluate_classifier(clf, images, report, defenses, plots=False,
+                                                    **kwargs)
+  assert again["computed"] == 0 and again["skipped"] == result["computed"]
+  # ... nor for the example files a results copy lacks (examples/ is not committed).
+  shutil.rmtree(os.path.join(report, classifier_evaluation.EXAMPLES_DIR))
   again = classifier_evaluation.evaluate_classifier(clf, images, report, defenses, plots=False,
                                                     **kwargs)
   assert again["computed"] == 0 and again["skipped"] == result["computed"]

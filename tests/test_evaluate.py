@@ -132,6 +132,12 @@ def test_resume_skips_finished_cells(cli_report, run_dir, set5, tmp_path):
   again = evaluation.evaluate(sr_model, {"set5": set5}, str(report), attacks=["fgsm"],
                               eps=[8 / 255], steps=2, plots=False)
   assert (again["computed"], again["skipped"]) == (0, 4)
+  # A copy of the report without its examples/ (they are not committed) resumes for free:
+  # the first image's finished attack cells are not computed again for their example files.
+  shutil.rmtree(report / reports.EXAMPLES_DIR)
+  again = evaluation.evaluate(sr_model, {"set5": set5}, str(report), attacks=["fda", "ifgsm"],
+                              eps=[2 / 255, 8 / 255], steps=2, fda_steps=2, plots=False)
+  assert (again["computed"], again["skipped"]) == (0, 10)
   # Another FDA setting (the single features map) is a new cell, never an old number.
   single = evaluation.evaluate(sr_model, {"set5": set5}, str(report), attacks=["fda"],
                                eps=[8 / 255], fda_layers="features", fda_steps=2, plots=False)

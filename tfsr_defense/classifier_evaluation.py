@@ -440,8 +440,8 @@ def _evaluate_image(runner, im, report_dir, done, *, classifier_name, clf_id, pr
                  for d in group}
         paths = {d.name: _example_path(report_dir, im.name, d.name, threat, attack, e255)
                  for d in group} if example else {}
-        todo = [d for d in group if cells[d.name] not in done
-                or (example and not os.path.isfile(paths[d.name]))]
+        # A finished cell is not attacked again for a missing (uncommitted) example file.
+        todo = [d for d in group if cells[d.name] not in done]
         skipped += len(group) - len(todo)
         if not todo:
           continue

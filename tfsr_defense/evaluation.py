@@ -207,7 +207,9 @@ def evaluate(models, datasets, report_dir, *, attacks=("fda", "ifgsm"), eps=DEFA
     precision: 'float32' or 'mixed_bfloat16' for the attack and CLEVER
       gradients (Keras models); PSNRs are always computed on the float32 model.
     num_examples: images per (model, dataset) whose inputs / outputs /
-      feature statistics are saved under examples/ (for the figures).
+      feature statistics are saved under examples/ (for the figures) when
+      their cells are computed; a finished cell is not computed again for a
+      missing example (a results copy without examples/ resumes for free).
     adversarial_dir: None, or a directory caching every attacked LR image
       (float32 .npy) under the model's ``attack_fingerprint``, the image and
       the attack's settings: a model whose attacks are the same computation
@@ -381,7 +383,7 @@ def _evaluate_image(m, engine, ds_name, pair, report_dir, done, *, attacks, eps,
     if kind == "attack" and save_examples:
       example = reports.example_path(report_dir, m.name, ds_name, pair.name,
                                      reports.attack_label(fields), _eps_255(e))
-    if cell in done and (example is None or os.path.isfile(example)):
+    if cell in done:  # its example file, if missing (not committed), is not worth the attack
       skipped += 1
       continue
     x, sr = clean_sr()

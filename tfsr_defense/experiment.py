@@ -38,8 +38,8 @@ from tfsr_defense import (cli, data, defenses, evaluation, fileio, models, overv
                           studies, suite_report, trainer)
 
 __all__ = ["load_recipe", "plan", "remaining_gradients", "remaining_work", "estimate_seconds",
-           "run_suite", "committed_run", "restore_run", "save_progress", "rewrite_suite_report", "share_evaluation", "studies_overview",
-           "DEFAULT_RECIPE"]
+           "run_suite", "committed_run", "restore_run", "save_progress", "rewrite_suite_report",
+           "share_evaluation", "studies_overview", "DEFAULT_RECIPE"]
 
 DEFAULT_RECIPE = os.path.join("flags", "experiments", "edsr_x4_study.cfg")
 SUITE_FILE = "suite.json"
