@@ -388,6 +388,28 @@ def test_runs_travel_with_the_results(data_dir, tmp_path):
   assert experiment.committed_run(plain2, out) is None
 
 
+def test_train_only_then_evaluate(data_dir, tmp_path):
+  """evaluate=False (--evaluate=false) trains the missing variants and copies their run files
+  into the results, evaluating nothing; a later run evaluates them without training."""
+  recipe = _tiny_recipe(data_dir, steps=2)
+  out, runs = str(tmp_path / "results"), str(tmp_path / "runs")
+  args = dict(RUN_ARGS, attacks=(), clever=False, max_images=1)
+  result = experiment.run_suite(TINY, recipe, output_dir=out, runs_root=runs, evaluate=False,
+                                **args)
+  assert result["table"] == [] and result["busy_variants"] == []
+  assert [s for _, _, s in experiment.plan(TINY, recipe, runs)] == ["trained", "trained"]
+  for variant in ("plain", "ER"):
+    assert os.path.isfile(os.path.join(result["suite_dir"], "runs", variant, "model.weights.h5"))
+    assert reports.read_rows(suite_report.variant_report_dir(result["suite_dir"], studies.Variant(
+        variant, ()))) == []
+  weights = [os.path.join(c.run_dir, "model.weights.h5")
+             for _, c, _ in experiment.plan(TINY, recipe, runs)]
+  times = [os.path.getmtime(w) for w in weights]
+  result = experiment.run_suite(TINY, recipe, output_dir=out, runs_root=runs, **args)
+  assert [r["variant"] for r in result["table"]] == ["plain", "ER"]
+  assert [os.path.getmtime(w) for w in weights] == times  # not trained again
+
+
 def test_remaining_work_counts_each_network_once(data_dir, tmp_path):
   """Two suites sharing the ER network: its training and evaluation are counted once; a variant
   behind JPEG adds its adaptive attack only."""

@@ -321,7 +321,7 @@ def run_suite(suite, recipe, *, output_dir=os.path.join("results", "experiments"
               attack_datasets=("set5", "bsd100"), attack_images=20, attacks=("fda", "ifgsm"),
               eps=evaluation.DEFAULT_EPS, steps=50, clever=True, clever_samples=1024,
               clever_batch=16, precision="float32", eot_samples=2, variants=None, train=True,
-              max_images=None, plots=True, log=print):
+              evaluate=True, max_images=None, plots=True, log=print):
   """Train every variant of ``suite`` (resumable) and evaluate it into ``<output_dir>/<suite>``.
 
   Args:
@@ -345,6 +345,9 @@ def run_suite(suite, recipe, *, output_dir=os.path.join("results", "experiments"
       now (e.g. the networks that fit the budget); the suite's report still
       covers every variant evaluated so far.
     train: False evaluates only the variants already trained.
+    evaluate: False trains the missing variants and evaluates nothing (e.g.
+      the trainings first, each within one working day; the evaluation, which
+      resumes cell by cell, after).
     max_images: use only the first N images of every dataset (smoke runs).
     plots: also draw each variant's report figures (``plots.make_plots``);
       the suite figure is always drawn.
@@ -397,11 +400,14 @@ def run_suite(suite, recipe, *, output_dir=os.path.join("results", "experiments"
           trainer.train(config, log=log, flags_text=flags_text(config))
     report_dir = suite_report.variant_report_dir(suite_dir, variant)
     with fileio.ProcessLock(report_dir) as locked:
-      if not locked:
-        log(f"  {report_dir} is being evaluated by process {locked.owner}: skipped for now")
-        busy.append(variant.name)
+      if not locked:  # (its run files are copied by that process)
+        if evaluate:
+          log(f"  {report_dir} is being evaluated by process {locked.owner}: skipped for now")
+          busy.append(variant.name)
         continue
       _copy_run_files(config, os.path.join(suite_dir, "runs", reports.safe_name(variant.name)))
+      if not evaluate:
+        continue
       nets = _variant_models(config, variant, eot_samples)
       shared = share_evaluation(output_dir, suite, variant, recipe, eval_settings,
                                 nets[variant.name].fingerprint) \
@@ -829,6 +835,8 @@ flags.DEFINE_integer("max_images", None, "Only the first N images of every datas
                      flag_values=FLAGS)
 flags.DEFINE_bool("train", True, "Train missing variants (false: evaluate trained ones only).",
                   flag_values=FLAGS)
+flags.DEFINE_bool("evaluate", True, "Evaluate the trained variants (false: train the missing "
+                  "ones only).", flag_values=FLAGS)
 flags.DEFINE_bool("dry_run", False, "Print the plan and its estimated time; change nothing.",
                   flag_values=FLAGS)
 flags.DEFINE_float("seconds_per_step", None, "--dry_run: seconds per training step to estimate "
@@ -937,7 +945,7 @@ def main(argv):
       steps=FLAGS.attack_steps, clever=FLAGS.clever, clever_samples=FLAGS.clever_samples,
       precision=FLAGS.precision, eot_samples=FLAGS.eot_samples,
       variants=selected,
-      train=FLAGS.train, max_images=FLAGS.max_images)
+      train=FLAGS.train, evaluate=FLAGS.evaluate, max_images=FLAGS.max_images)
   print(f"Suite report: {os.path.join(result['suite_dir'], suite_report.TABLE_FILE)}")
   if result["busy_variants"]:
     print(f"Busy in another process (run the suite again later): "
