@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tfsr_defense import (defenses, evaluation, experiment, overview, reports, studies,
-                          suite_report, trainer)
+from tfsr_defense import (defenses, evaluation, experiment, overview, reports, run_copies,
+                          studies, suite_report, trainer)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -385,7 +385,7 @@ def test_runs_travel_with_the_results(data_dir, tmp_path):
   # A damaged copy is passed over: nothing to restore from.
   with open(os.path.join(copy, "config.json"), "w", encoding="utf-8") as f:
     f.write("{")
-  assert experiment.committed_run(plain2, out) is None
+  assert run_copies.committed_run(plain2, out) is None
 
 
 def test_train_only_then_evaluate(data_dir, tmp_path):

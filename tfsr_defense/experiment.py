@@ -20,7 +20,7 @@ its recipe; a re-run with another recipe (or budget) is refused, so one suite ne
 recipes. Two processes (one per core) share a suite's work through ``fileio.ProcessLock``.
 Another machine with the results but not ``runs/`` restores a run from the suites'
 results instead of training it again: the final weights the runner copies there, or the
-checkpoint ``--save_progress`` copied there from an unfinished run (``restore_run``).
+checkpoint ``--save_progress`` copied there from an unfinished run (``run_copies``).
 ``--report_only`` rewrites the reports and the overview of every network the suites
 trained against its plain counterpart (``studies_overview``, ``overview``).
 """
@@ -35,11 +35,11 @@ import time
 from absl import flags
 
 from tfsr_defense import (cli, data, defenses, evaluation, fileio, models, overview, reports,
-                          studies, suite_report, trainer)
+                          run_copies, studies, suite_report, trainer)
 
 __all__ = ["load_recipe", "plan", "remaining_gradients", "remaining_work", "estimate_seconds",
-           "run_suite", "committed_run", "restore_run", "save_progress", "rewrite_suite_report",
-           "share_evaluation", "studies_overview", "DEFAULT_RECIPE"]
+           "run_suite", "save_progress", "rewrite_suite_report", "share_evaluation",
+           "studies_overview", "DEFAULT_RECIPE"]
 
 DEFAULT_RECIPE = os.path.join("flags", "experiments", "edsr_x4_study.cfg")
 SUITE_FILE = "suite.json"
@@ -122,20 +122,11 @@ def _check_suite_dir(suite_dir, suite, recipe, eval_settings):
       dict(record, variants=[dataclasses.asdict(v) for v in suite.variants]), indent=2))
 
 
-def _trained(config):
-  """True when the run directory holds the final weights of exactly ``config.steps`` steps."""
-  path = os.path.join(config.run_dir, "result.json")
-  if not os.path.isfile(path) or not os.path.isfile(os.path.join(config.run_dir,
-                                                                 "model.weights.h5")):
-    return False
-  with open(path, encoding="utf-8") as f:
-    return json.load(f).get("step") == config.steps
-
-
 def plan(suite, recipe, runs_root=os.path.join("runs", "experiments"), output_dir=None):
   """[(variant, TrainConfig, status)] with status 'trained', 'resumable at step N' or 'new',
   followed by ' (kept in <copy>)' when that much of the run is in the results under
-  ``output_dir`` rather than in its run directory (``committed_run``; None: not looked for)."""
+  ``output_dir`` rather than in its run directory (``run_copies.committed_run``; None: not
+  looked for)."""
   out = []
   for variant in suite.variants:
     config = studies.variant_config(recipe, variant, runs_root)
@@ -148,161 +139,35 @@ def plan(suite, recipe, runs_root=os.path.join("runs", "experiments"), output_di
 
 def _progress(config, output_dir=None):
   """(training steps done, None or the results' copy holding them): the run directory's, or a
-  copy's in the results under ``output_dir`` (``committed_run``) when that holds more."""
-  if _trained(config):
+  copy's in the results under ``output_dir`` (``run_copies.committed_run``) when that holds
+  more."""
+  if run_copies.trained(config):
     return config.steps, None
-  step = _latest_step(config.run_dir)
-  found = committed_run(config, output_dir) if output_dir else None
+  step = run_copies.latest_step(config.run_dir)
+  found = run_copies.committed_run(config, output_dir) if output_dir else None
   if found and (found[2] or found[1] > step):
     return found[1], found[0]
   return step, None
 
 
-def _latest_step(run_dir):
-  ckpt = os.path.join(run_dir, "ckpt")
-  if not os.path.isdir(ckpt):
-    return 0
-  steps = [int(f.split("-")[1].split(".")[0]) for f in os.listdir(ckpt)
-           if f.startswith("ckpt-") and f.endswith(".index")]
-  return max(steps) if steps else 0
-
-
-# Not part of what makes two training runs the same network.
-_NOT_THE_NETWORK = ("run_dir", "data_dir", "checkpoint_every", "eval_every", "log_every",
-                    "export", "regularized")
-
-
-def _run_key(record):
-  """The settings of a run's ``config.json`` record (or ``asdict(TrainConfig)``) that decide its
-  network, JSON-normalised; a key older records lack takes TrainConfig's default."""
-  key = {f.name: record.get(f.name, f.default) for f in dataclasses.fields(trainer.TrainConfig)
-         if f.name not in _NOT_THE_NETWORK}
-  return json.loads(fileio.json_text(key))
-
-
-def committed_run(config, output_dir):
-  """A copy of ``config``'s training run kept in the suites' results, or None.
-
-  The runner copies a finished run's config, result and (small) weights into
-  ``<output_dir>/<suite>/runs/<variant>/`` (``_copy_run_files``) and, with
-  ``--save_progress``, an unfinished run's newest checkpoint into its ``ckpt/``
-  (``save_progress``). Another machine with the results but not ``runs/``
-  restores the run from there (``restore_run``) instead of training it again.
-
-  Returns:
-    (directory, step, final): the final weights of exactly ``config.steps``
-    steps if some suite keeps them (final True), else the copy with the newest
-    checkpoint (final False); None when no copy has the same network settings
-    (``_run_key``). Unreadable copies are passed over.
-  """
-  key = _run_key(dataclasses.asdict(config))
-  best = None
-  for suite_name in sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else ():
-    runs = os.path.join(output_dir, suite_name, "runs")
-    for name in sorted(os.listdir(runs)) if os.path.isdir(runs) else ():
-      copy = os.path.join(runs, name)
-      try:
-        with open(os.path.join(copy, "config.json"), encoding="utf-8") as f:
-          saved = json.load(f)
-        if not isinstance(saved, dict) or _run_key(saved) != key:
-          continue
-        if _trained(dataclasses.replace(config, run_dir=copy)):
-          return copy, config.steps, True
-      except (OSError, ValueError):
-        continue
-      step = _latest_step(copy)
-      if 0 < step < config.steps and (best is None or step > best[1]):
-        best = (copy, step, False)
-  return best
-
-
-def _copy_file(src, dst):
-  """Copy ``src`` to ``dst`` through a temporary file (never a half-written ``dst``)."""
-  shutil.copyfile(src, dst + ".tmp")
-  os.replace(dst + ".tmp", dst)
-
-
-def _checkpoint_files(run_dir, step):
-  """The files of checkpoint ``ckpt-<step>`` under ``run_dir/ckpt`` (index last)."""
-  ckpt = os.path.join(run_dir, "ckpt")
-  data_files = sorted(f for f in os.listdir(ckpt) if f.startswith(f"ckpt-{step}.data-"))
-  return data_files + [f"ckpt-{step}.index"]
-
-
-def _write_config_record(source_dir, run_dir):
-  """``source_dir``'s config.json into ``run_dir``, its run_dir field made ``run_dir``."""
-  with open(os.path.join(source_dir, "config.json"), encoding="utf-8") as f:
-    saved = json.load(f)
-  saved["run_dir"] = run_dir
-  fileio.write_json(os.path.join(run_dir, "config.json"), saved)
-
-
-def restore_run(config, output_dir, log=print):
-  """Restore ``config``'s run directory from the suites' results (``committed_run``) when they
-  hold more of it than the directory: the final weights, or a newer checkpoint to resume.
-
-  Returns:
-    the copy's directory, or None when nothing was restored.
-  """
-  if _trained(config):
-    return None
-  found = committed_run(config, output_dir)
-  if found is None:
-    return None
-  copy, step, final = found
-  if not final and step <= _latest_step(config.run_dir):
-    return None
-  os.makedirs(config.run_dir, exist_ok=True)
-  if final:
-    for name in ("model.weights.h5", "result.json", "flags.txt"):
-      if os.path.isfile(os.path.join(copy, name)):
-        _copy_file(os.path.join(copy, name), os.path.join(config.run_dir, name))
-    log(f"  restored the final weights of {config.run_dir} from {copy}")
-  else:
-    os.makedirs(os.path.join(config.run_dir, "ckpt"), exist_ok=True)
-    for name in _checkpoint_files(copy, step):
-      _copy_file(os.path.join(copy, "ckpt", name), os.path.join(config.run_dir, "ckpt", name))
-    log(f"  restored the checkpoint of step {step} of {config.run_dir} from {copy}: resuming")
-  _write_config_record(copy, config.run_dir)
-  return copy
-
-
 def save_progress(suite, recipe, output_dir=os.path.join("results", "experiments"),
                   runs_root=os.path.join("runs", "experiments"), log=print):
   """Copy the newest checkpoint of every unfinished training run of ``suite`` into the suite's
-  results (``<output_dir>/<suite>/runs/<variant>/ckpt/``, with the run's config.json), so that
-  a machine that has the results but not ``runs/`` resumes the run there (``restore_run``).
-
-  The copy replaces the variant's older copied checkpoint; it is deleted once the run's final
-  weights are copied. A run being written meanwhile is safe: a checkpoint is copied data first,
-  index last, and the trainer keeps the last three.
+  results (``<output_dir>/<suite>/runs/<variant>/ckpt/``, ``run_copies.copy_checkpoint``), so
+  that a machine that has the results but not ``runs/`` resumes the run there
+  (``run_copies.restore_run``). The copy is deleted once the run's final weights are copied.
 
   Returns:
     [(variant name, step)] of the checkpoints copied.
   """
   saved = []
   for variant, config, _ in plan(suite, recipe, runs_root):
-    step = _latest_step(config.run_dir)
-    if _trained(config) or not step:
-      continue
     target = os.path.join(output_dir, suite.name, "runs", reports.safe_name(variant.name))
-    found = committed_run(config, output_dir)
-    if found and (found[2] or found[1] >= step):
-      continue  # the results already hold as much of this run
-    if found and found[0] != target:  # an older copy kept by another suite
-      shutil.rmtree(os.path.join(found[0], "ckpt"), ignore_errors=True)
-    ckpt = os.path.join(target, "ckpt")
-    os.makedirs(ckpt, exist_ok=True)
-    for name in _checkpoint_files(config.run_dir, step):
-      _copy_file(os.path.join(config.run_dir, "ckpt", name), os.path.join(ckpt, name))
-    for name in os.listdir(ckpt):  # older copies
-      if name.startswith("ckpt-") and not name.startswith(f"ckpt-{step}."):
-        os.remove(os.path.join(ckpt, name))
-    _write_config_record(config.run_dir, target)
-    fileio.atomic_write(os.path.join(target, "flags.txt"), flags_text(config))
-    log(f"{suite.name}/{variant.name}: checkpoint of step {step} of {config.steps} copied to "
-        f"{ckpt}")
-    saved.append((variant.name, step))
+    step = run_copies.copy_checkpoint(config, target, flags_text(config), output_dir)
+    if step:
+      log(f"{suite.name}/{variant.name}: checkpoint of step {step} of {config.steps} copied to "
+          f"{os.path.join(target, run_copies.CKPT_DIR)}")
+      saved.append((variant.name, step))
   return saved
 
 
@@ -388,15 +253,15 @@ def run_suite(suite, recipe, *, output_dir=os.path.join("results", "experiments"
       if not train:
         skipped.append(variant.name)
         continue
-    if not _trained(config):
+    if not run_copies.trained(config):
       with fileio.ProcessLock(config.run_dir) as locked:
         if not locked:
           log(f"  {config.run_dir} is being trained by process {locked.owner}: skipped for now")
           busy.append(variant.name)
           continue
-        if not _trained(config):  # another process may have finished it meanwhile
-          restore_run(config, output_dir, log=log)  # from another machine's results
-        if not _trained(config):
+        if not run_copies.trained(config):  # another process may have finished it meanwhile
+          run_copies.restore_run(config, output_dir, log=log)  # from another machine's results
+        if not run_copies.trained(config):
           trainer.train(config, log=log, flags_text=flags_text(config))
     report_dir = suite_report.variant_report_dir(suite_dir, variant)
     with fileio.ProcessLock(report_dir) as locked:
@@ -405,7 +270,9 @@ def run_suite(suite, recipe, *, output_dir=os.path.join("results", "experiments"
           log(f"  {report_dir} is being evaluated by process {locked.owner}: skipped for now")
           busy.append(variant.name)
         continue
-      _copy_run_files(config, os.path.join(suite_dir, "runs", reports.safe_name(variant.name)))
+      run_copies.copy_run_files(config, os.path.join(suite_dir, "runs",
+                                                     reports.safe_name(variant.name)),
+                                flags_text(config))
       if not evaluate:
         continue
       nets = _variant_models(config, variant, eot_samples)
@@ -598,26 +465,6 @@ def flags_text(config):
       value = f"{value * 255:g}"
     lines.append(f"--{field.name}={value}\n")
   return "".join(lines)
-
-
-def _copy_run_files(config, target):
-  """The run's effective flags, config, validation result and (small) final weights; a copied
-  checkpoint of the unfinished run (``save_progress``) is deleted."""
-  os.makedirs(target, exist_ok=True)
-  shutil.rmtree(os.path.join(target, "ckpt"), ignore_errors=True)
-  fileio.atomic_write(os.path.join(target, "flags.txt"), flags_text(config))
-  names = ["config.json", "result.json"]
-  # Weights only where small (EDSR-baseline, CARN: < 8 MB); the rest: rerun the command.
-  weights = os.path.join(config.run_dir, "model.weights.h5")
-  if os.path.isfile(weights) and os.path.getsize(weights) < 8 * 2 ** 20:
-    names.append("model.weights.h5")
-  for name in names:
-    src = os.path.join(config.run_dir, name)
-    if os.path.isfile(src):
-      with open(src, "rb") as f:
-        payload = f.read()
-      with open(os.path.join(target, name), "wb") as f:
-        f.write(payload)
 
 
 def _clever_samples_done(report_dir, clever_samples):
