@@ -157,6 +157,12 @@ def test_tiny_suite_end_to_end_and_resume(data_dir, tmp_path):
   assert experiment.remaining_gradients(pre, recipe, output_dir=out, runs_root=runs,
                                        **dict(left, eot_samples=3)) == {
                                            "ER + none": 0, "ER + JPEG": 34, "ER + resize": 102}
+  # Without the run's cache of attacked images (another machine), the non-adaptive views need
+  # the bare network's attacks again: 2 x 17 gradients, once for both defenses.
+  assert experiment.remaining_gradients(pre, recipe, output_dir=out,
+                                       runs_root=str(tmp_path / "fresh_runs"),
+                                       **dict(left, eot_samples=3)) == {
+                                           "ER + none": 0, "ER + JPEG": 68, "ER + resize": 102}
   assert experiment.estimate_seconds(pre, recipe, runs_root=str(tmp_path / "fresh_runs"),
                                      output_dir=str(tmp_path / "fresh_results"), **left)[1] == 4
   assert experiment.estimate_seconds(pre, recipe, runs_root=str(tmp_path / "fresh_runs"),

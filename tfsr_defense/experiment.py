@@ -43,6 +43,7 @@ __all__ = ["load_recipe", "plan", "remaining_gradients", "remaining_work", "esti
 
 DEFAULT_RECIPE = os.path.join("flags", "experiments", "edsr_x4_study.cfg")
 SUITE_FILE = "suite.json"
+ADVERSARIAL_DIR = "adversarial"  # in a run directory: its cached attacked images
 
 
 def load_recipe(path=DEFAULT_RECIPE, steps=None, data_dir=None):
@@ -289,7 +290,7 @@ def run_suite(suite, recipe, *, output_dir=os.path.join("results", "experiments"
       # the pre-processing defenses (other variants, other suites) reuse them.
       evaluation.evaluate(nets, attacked, report_dir, attacks=attacks, eps=eps, steps=steps,
                           precision=precision, plots=False, progress=True,
-                          adversarial_dir=os.path.join(config.run_dir, "adversarial"))
+                          adversarial_dir=os.path.join(config.run_dir, ADVERSARIAL_DIR))
       # CLEVER scores the SR network: behind a defense it is the bare network's (non-adaptive)
       # or undefined (JPEG is not differentiable), and EOT would multiply its cost by k.
       if clever and "set5" in sets and variant.defense == "none":
@@ -501,9 +502,12 @@ def remaining_gradients(suite, recipe, *, output_dir, runs_root,
   costs ``steps`` gradients, an FDA cell about 1.5 x ``fda_steps`` (its many
   feature maps), CLEVER ``clever_samples`` per Set5 image (undefended variants
   only) less the gradients an interrupted CLEVER cell of the variant's report
-  has kept. Behind a defense the non-adaptive view costs nothing (it reuses the
-  bare network's cached attacks) and the adaptive one through random resizing
-  ``eot_samples`` times as much.
+  has kept. Behind a defense the non-adaptive view reuses the bare network's
+  attacked images, cached in its run as they are computed: it costs nothing,
+  but for the bare network's cells finished before without the cache at hand
+  (another suite's on another machine: ``_cached_attacks``), which are
+  attacked again once per network; the adaptive view through random resizing
+  costs ``eot_samples`` times as much.
 
   Returns:
     dict variant name -> gradients (float), in the suite's order.
@@ -529,6 +533,7 @@ def remaining_gradients(suite, recipe, *, output_dir, runs_root,
         rows = reports.read_rows(their_dir, repair=False)
         runs.setdefault(studies.run_name(recipe, theirs), []).append((rows, theirs.name))
   out = {}
+  paid = set()  # networks whose missing non-adaptive attacks are counted already
   for variant in suite.variants:
     own_dir = suite_report.variant_report_dir(os.path.join(output_dir, suite.name), variant)
     own = reports.read_rows(own_dir, repair=False)
@@ -542,9 +547,25 @@ def remaining_gradients(suite, recipe, *, output_dir, runs_root,
                (float(eot_samples) if random else 1.0) for t in defenses.THREAT_MODELS}
     grads = 0.0
     for view, factor in views.items():
+      missing = {attack: max(images * len(eps) - max(count(rows, name or view, "attack", attack)
+                                                      for rows, name in sources), 0)
+                 for attack in attacks}
+      if view.endswith("[non-adaptive]"):
+        # The bare network's attacks are cached as its own cells are computed; those it has
+        # already (another suite's, another machine's) are attacked again, once per network,
+        # unless the run's cache holds them.
+        run_dir = studies.variant_config(recipe, variant, runs_root).run_dir
+        bare = runs.get(studies.run_name(recipe, variant), [])
+        again = {attack: min(missing[attack], max((count(rows, name, "attack", attack)
+                                                   for rows, name in bare), default=0))
+                 for attack in attacks}
+        missing = {attack: 0 for attack in attacks}
+        if any(again.values()) and run_dir not in paid and \
+            _cached_attacks(run_dir) < images * len(eps) * len(attacks):
+          missing, factor = again, 1.0
+          paid.add(run_dir)
       for attack in attacks:
-        done = max(count(rows, name or view, "attack", attack) for rows, name in sources)
-        grads += factor * per_image.get(attack, steps) * max(images * len(eps) - done, 0)
+        grads += factor * per_image.get(attack, steps) * missing[attack]
     if clever and variant.defense == "none":
       done = max(count(rows, name, "clever") for rows, name in sources)
       if set5 > done:
@@ -552,6 +573,16 @@ def remaining_gradients(suite, recipe, *, output_dir, runs_root,
                      - _clever_samples_done(own_dir, clever_samples), 0)
     out[variant.name] = grads
   return out
+
+
+def _cached_attacks(run_dir):
+  """The most attacked images the run's cache (``ADVERSARIAL_DIR``, ``evaluation``'s
+  ``adversarial_dir``) holds for one network (attack fingerprint); 0 without a cache."""
+  root = os.path.join(run_dir, ADVERSARIAL_DIR)
+  if not os.path.isdir(root):
+    return 0
+  return max((sum(1 for f in os.listdir(os.path.join(root, d)) if f.endswith(".npy"))
+              for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))), default=0)
 
 
 def remaining_work(suites, recipe, *, runs_root, **evaluation_settings):
