@@ -144,11 +144,10 @@ def _progress(config, output_dir=None):
   more."""
   if run_copies.trained(config):
     return config.steps, None
-  step = run_copies.latest_step(config.run_dir)
-  found = run_copies.committed_run(config, output_dir) if output_dir else None
-  if found and (found[2] or found[1] > step):
+  found = run_copies.newer_copy(config, output_dir) if output_dir else None
+  if found:
     return found[1], found[0]
-  return step, None
+  return run_copies.latest_step(config.run_dir), None
 
 
 def save_progress(suite, recipe, output_dir=os.path.join("results", "experiments"),

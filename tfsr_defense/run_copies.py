@@ -21,7 +21,7 @@ import shutil
 
 from tfsr_defense import fileio, trainer
 
-__all__ = ["trained", "latest_step", "run_key", "committed_run", "restore_run",
+__all__ = ["trained", "latest_step", "run_key", "committed_run", "newer_copy", "restore_run",
            "copy_run_files", "copy_checkpoint", "MAX_WEIGHTS_BYTES"]
 
 CKPT_DIR = "ckpt"
@@ -96,6 +96,17 @@ def committed_run(config, output_dir):
   return best
 
 
+def newer_copy(config, output_dir):
+  """``committed_run``'s answer when the copy holds more of the run than ``config.run_dir``
+  (the final weights the directory lacks, or a newer checkpoint), else None."""
+  if trained(config):
+    return None
+  found = committed_run(config, output_dir)
+  if found is None or (not found[2] and found[1] <= latest_step(config.run_dir)):
+    return None
+  return found
+
+
 def restore_run(config, output_dir, log=print):
   """Restore ``config.run_dir`` from a copy in the results (``committed_run``) when that holds
   more of the run than the directory: the final weights, or a newer checkpoint to resume.
@@ -103,14 +114,10 @@ def restore_run(config, output_dir, log=print):
   Returns:
     the copy's directory, or None when nothing was restored.
   """
-  if trained(config):
-    return None
-  found = committed_run(config, output_dir)
+  found = newer_copy(config, output_dir)
   if found is None:
     return None
   copy, step, final = found
-  if not final and step <= latest_step(config.run_dir):
-    return None
   os.makedirs(config.run_dir, exist_ok=True)
   if final:
     for name in ("model.weights.h5", "result.json", "flags.txt"):
