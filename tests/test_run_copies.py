@@ -24,6 +24,14 @@ def test_run_key_ignores_paths_and_logging_not_the_network():
   old = _record(config)
   del old["max_train_images"]
   assert run_copies.run_key(old) == key
+  # lambda None is the paper's value for the network (EDSR: 1, SRResNet: 0.1): the networks
+  # suite's "edsr ER" is the lambda = 1 EDSR the other suites trained.
+  assert run_copies.run_key(_record(config, entropy_weight=None)) == key
+  srresnet = trainer.TrainConfig(model="srresnet", entropy_weight=0.1, steps=4000)
+  assert (run_copies.run_key(_record(srresnet, entropy_weight=None))
+          == run_copies.run_key(dataclasses.asdict(srresnet)))
+  assert run_copies.run_key(_record(srresnet, entropy_weight=None)) != run_copies.run_key(
+      _record(srresnet, entropy_weight=1.0))
 
 
 def test_latest_step_and_copies(tmp_path):

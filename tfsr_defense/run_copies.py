@@ -20,6 +20,7 @@ import os
 import shutil
 
 from tfsr_defense import fileio, trainer
+from tfsr_defense.models import registry
 
 __all__ = ["trained", "latest_step", "run_key", "committed_run", "newer_copy", "restore_run",
            "copy_run_files", "copy_checkpoint", "MAX_WEIGHTS_BYTES"]
@@ -59,9 +60,16 @@ def latest_step(run_dir):
 
 def run_key(record):
   """The settings of a run's config.json record (or ``asdict(TrainConfig)``) that decide its
-  network, JSON-normalised; a key older records lack takes TrainConfig's default."""
+  network, JSON-normalised; a key older records lack takes TrainConfig's default. lambda is
+  resolved (``registry.resolve_entropy_weight``): ``entropy_weight`` None (the paper's value
+  for the network, as the networks suite asks for it) and that value are the same network.
+
+  Raises:
+    ValueError: an unknown network or an invalid lambda in the record.
+  """
   key = {f.name: record.get(f.name, f.default) for f in dataclasses.fields(trainer.TrainConfig)
          if f.name not in _NOT_THE_NETWORK}
+  key["entropy_weight"] = registry.resolve_entropy_weight(key["model"], key["entropy_weight"])
   return json.loads(fileio.json_text(key))
 
 
