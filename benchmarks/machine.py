@@ -20,5 +20,6 @@ def print_header(extra=""):
         f"{os.cpu_count()} CPUs (affinity {sorted(os.sched_getaffinity(0))}), "
         f"CPU bf16 (AMX/AVX512-BF16): {precision.cpu_has_bf16()}, "
         f"GPUs: {len(tf.config.list_physical_devices('GPU'))}, "
-        f"load average {os.getloadavg()[0]:.2f}, TF {tf.__version__}"
+        f"load average {os.getloadavg()[0]:.2f}, TF {tf.__version__}, "
+        f"TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'unset')}"
         f"{', ' + extra if extra else ''}", flush=True)
