@@ -408,6 +408,8 @@ def test_train_only_then_evaluate(data_dir, tmp_path):
     assert os.path.isfile(os.path.join(result["suite_dir"], "runs", variant, "model.weights.h5"))
     assert reports.read_rows(suite_report.variant_report_dir(result["suite_dir"], studies.Variant(
         variant, ()))) == []
+  md = open(os.path.join(result["suite_dir"], suite_report.TABLE_FILE), encoding="utf-8").read()
+  assert suite_report.NO_CELLS_LINE in md and "\n|---|\n" not in md  # no empty table
   weights = [os.path.join(c.run_dir, "model.weights.h5")
              for _, c, _ in experiment.plan(TINY, recipe, runs)]
   times = [os.path.getmtime(w) for w in weights]

@@ -82,17 +82,23 @@ def suite_table(suite, summary, metric="sr_psnr", clean=True):
 
 
 def _markdown_table(table):
-  """Markdown lines of ``suite_table`` rows: clean PSNR columns first, then by name, set, eps."""
+  """Markdown lines of ``suite_table`` rows: clean PSNR columns first, then by name, set, eps.
+
+  Without any evaluated cell (no columns), one line saying so instead of an empty table."""
   columns = sorted({k for r in table for k in r if k != "variant"},
                    key=lambda k: (k.split("/")[0] != "psnr_y", k.split("/")[0],
                                   k.split("/")[1] if "/" in k else "",
                                   float(k.split("/")[2]) if k.count("/") == 2 else 0.0))
+  if not columns:
+    return [NO_CELLS_LINE]
   lines = ["| variant | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
   for r in table:
     lines.append(f"| {r['variant']} | " + " | ".join(
         "–" if r.get(c) is None else f"{r[c]:.2f}" for c in columns) + " |")
   return lines
 
+
+NO_CELLS_LINE = "No variant of this suite has an evaluated cell yet."
 
 _QUANTITIES = {"psnr_y/bsd100": "clean PSNR-Y, BSD100 (dB)",
                "fda (relu)/bsd100/4": "FDA 4/255 SR-PSNR, BSD100 (dB)"}
