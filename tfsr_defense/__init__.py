@@ -3,7 +3,7 @@
 Importing the package turns on TensorFlow's oneDNN CPU kernels (``TF_ENABLE_ONEDNN_OPTS=1``)
 unless the variable is already set. TF 2.14 enables them by default only on x86 CPUs with
 AVX512_VNNI, AVX512_BF16 or AMX; on an AVX2-only EPYC they made a float32 input gradient of
-EDSR-baseline x4 about 2x and a training step about 1.2x faster (benchmarks/onednn.sh,
+EDSR-baseline x4 1.48x and a training step 1.32x faster (benchmarks/onednn.sh,
 README "Benchmarks"). The setting takes effect only if the package is imported before
 ``tensorflow`` (as ``python -m tfsr_defense.<tool>`` does); set ``TF_ENABLE_ONEDNN_OPTS=0`` to
 keep TF's default Eigen kernels.
