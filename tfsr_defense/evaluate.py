@@ -21,7 +21,8 @@ import os
 
 from absl import flags
 
-from tfsr_defense import attacks, cli, data, defenses, evaluation, reports, serving, trainer
+from tfsr_defense import (attacks, cli, data, defenses, evaluation, precision, reports, serving,
+                          trainer)
 
 FLAGS = flags.FlagValues()  # this CLI's own flags (cli.py)
 
@@ -123,6 +124,8 @@ def run_from_flags():
     if threat not in defenses.THREAT_MODELS:
       raise ValueError(f"Unknown threat model {threat!r}: use "
                        f"{', '.join(defenses.THREAT_MODELS)}.")
+  if FLAGS.precision == "mixed_bfloat16":
+    precision.check_bf16_kernels()  # before any work: one error, nothing half-written
   keras = FLAGS.precision != "float32" or any(spec != "none" for spec in FLAGS.defenses)
   sr_models = []
   for path, name in zip(FLAGS.models, names):

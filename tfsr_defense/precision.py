@@ -1,13 +1,14 @@
 """Choice of numeric precision and tf.distribute strategy for training; loss scaling helpers."""
 
 import contextlib
+import functools
 import json
 import os
 
 import tensorflow as tf
 
-__all__ = ["TRAIN_PRECISIONS", "STRATEGIES", "cpu_has_bf16", "resolve_precision", "make_strategy",
-           "policy_scope", "scale_loss", "unscale_gradients", "distributed_step"]
+__all__ = ["TRAIN_PRECISIONS", "STRATEGIES", "cpu_has_bf16", "bf16_kernels_run",
+           "check_bf16_kernels", "resolve_precision", "make_strategy", "policy_scope", "scale_loss", "unscale_gradients", "distributed_step"]
 
 # Precisions the trainer accepts (--precision); the attacks have their own set.
 TRAIN_PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
@@ -25,6 +26,47 @@ def cpu_has_bf16():
   except OSError:
     pass
   return False
+
+
+@functools.lru_cache(maxsize=None)
+def bf16_kernels_run():
+  """True if this process's TensorFlow kernels run a bfloat16 convolution and its gradient.
+
+  False on an x86 CPU without AVX512 when TF's oneDNN kernels are on (as
+  ``import tfsr_defense`` makes them by default): TF 2.14's oneDNN has bfloat16 only on AVX512
+  platforms, yet its graph optimizer still fuses Conv2D + BiasAdd + ReLU into a bfloat16 op
+  no kernel there implements (measured on an AVX2 EPYC). TF's Eigen kernels (``TF_ENABLE_ONEDNN_OPTS=0``) run bfloat16 on any CPU. Probed once per
+  process with a 1x4x4x1 convolution in a tf.function (milliseconds).
+  """
+  @tf.function
+  def conv_and_gradient(x, kernel, bias):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      y = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(x, kernel, 1, "SAME"), bias))
+    return y, tape.gradient(tf.reduce_sum(y), x)
+
+  try:
+    conv_and_gradient(tf.ones((1, 4, 4, 1), tf.bfloat16), tf.ones((3, 3, 1, 1), tf.bfloat16),
+                      tf.zeros((1,), tf.bfloat16))
+  except (tf.errors.InvalidArgumentError, tf.errors.AbortedError, tf.errors.UnimplementedError,
+          tf.errors.NotFoundError, tf.errors.InternalError):
+    return False
+  return True
+
+
+def check_bf16_kernels():
+  """Raise ValueError naming the cause and the way out unless bfloat16 runs here.
+
+  Raises:
+    ValueError: :func:`bf16_kernels_run` is False (oneDNN on, CPU without bf16).
+  """
+  if not bf16_kernels_run():
+    raise ValueError(
+        "mixed_bfloat16 cannot run in this process: TensorFlow's oneDNN kernels are on "
+        f"(TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'unset')}; "
+        "tfsr_defense turns them on by default) and they have bfloat16 only on CPUs with "
+        "AVX512. Use float32 (the faster choice on such a CPU), or start Python with "
+        "TF_ENABLE_ONEDNN_OPTS=0 to run bfloat16 on TF's Eigen kernels.")
 
 
 def resolve_precision(precision="auto"):
@@ -77,7 +119,14 @@ def make_strategy(name="auto", devices=None):
 
 @contextlib.contextmanager
 def policy_scope(name):
-  """Set the global Keras mixed-precision policy (e.g. 'mixed_bfloat16') inside; restore after."""
+  """Set the global Keras mixed-precision policy (e.g. 'mixed_bfloat16') inside; restore after.
+
+  Raises:
+    ValueError: 'mixed_bfloat16' in a process whose kernels cannot run it
+      (:func:`check_bf16_kernels`).
+  """
+  if name == "mixed_bfloat16":
+    check_bf16_kernels()
   saved = tf.keras.mixed_precision.global_policy()
   tf.keras.mixed_precision.set_global_policy(name)
   try:
