@@ -55,7 +55,7 @@ def _cpu_has_avx512():
 
 @pytest.mark.parametrize("preset", [None, "0"])
 def test_bfloat16_runs_or_is_one_clear_error(preset):
-  """oneDNN on (the package default) + a CPU without AVX512/AMX bf16: TF 2.14 cannot run a
+  """oneDNN on (the package default) + a CPU without AVX512: TF 2.14 cannot run a
   bfloat16 convolution; a bfloat16 policy is then one ValueError naming the way out. TF's
   Eigen kernels (TF_ENABLE_ONEDNN_OPTS=0) run bfloat16 on any CPU."""
   (runs, outcome), _ = _import_in_fresh_python(preset, _BF16_PROBE)

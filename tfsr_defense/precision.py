@@ -8,7 +8,8 @@ import os
 import tensorflow as tf
 
 __all__ = ["TRAIN_PRECISIONS", "STRATEGIES", "cpu_has_bf16", "bf16_kernels_run",
-           "check_bf16_kernels", "resolve_precision", "make_strategy", "policy_scope", "scale_loss", "unscale_gradients", "distributed_step"]
+           "check_bf16_kernels", "resolve_precision", "make_strategy", "policy_scope",
+           "scale_loss", "unscale_gradients", "distributed_step"]
 
 # Precisions the trainer accepts (--precision); the attacks have their own set.
 TRAIN_PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
@@ -35,8 +36,9 @@ def bf16_kernels_run():
   False on an x86 CPU without AVX512 when TF's oneDNN kernels are on (as
   ``import tfsr_defense`` makes them by default): TF 2.14's oneDNN has bfloat16 only on AVX512
   platforms, yet its graph optimizer still fuses Conv2D + BiasAdd + ReLU into a bfloat16 op
-  no kernel there implements (measured on an AVX2 EPYC). TF's Eigen kernels (``TF_ENABLE_ONEDNN_OPTS=0``) run bfloat16 on any CPU. Probed once per
-  process with a 1x4x4x1 convolution in a tf.function (milliseconds).
+  no kernel there implements (measured on an AVX2 EPYC). TF's Eigen kernels
+  (``TF_ENABLE_ONEDNN_OPTS=0``) run bfloat16 on any CPU. Probed once per process with a
+  1x4x4x1 convolution and its input gradient in a tf.function (milliseconds).
   """
   @tf.function
   def conv_and_gradient(x, kernel, bias):
@@ -58,7 +60,7 @@ def check_bf16_kernels():
   """Raise ValueError naming the cause and the way out unless bfloat16 runs here.
 
   Raises:
-    ValueError: :func:`bf16_kernels_run` is False (oneDNN on, CPU without bf16).
+    ValueError: :func:`bf16_kernels_run` is False (oneDNN on, CPU without AVX512).
   """
   if not bf16_kernels_run():
     raise ValueError(
