@@ -374,10 +374,13 @@ def test_cli_keras_run_directory_bf16_and_defense(data_dir, tmp_path):
   """--precision=mixed_bfloat16 / --defenses load the Keras network of a run directory."""
   run = REPO / "results" / "edsr_x4_cpu_long" / "plain"  # config.json + model.weights.h5
   report = tmp_path / "r"
-  proc = _cli(f"--models={run}", "--names=plain", f"--data_dir={data_dir}", "--datasets=set5",
+  # BSD100's first image (120x80 LR, 0.6x Set5's first): bfloat16 is emulated, slowly, on
+  # CPUs without bf16 instructions (~140 s of CPU here on an AVX2 EPYC).
+  proc = _cli(f"--models={run}", "--names=plain", f"--data_dir={data_dir}", "--datasets=bsd100",
               "--max_images=1", "--attacks=ifgsm", "--eps=4", "--steps=2",
               "--precision=mixed_bfloat16", "--defenses=none,jpeg:75",
-              "--threat_models=non-adaptive", "--plots=false", f"--report_dir={report}")
+              "--threat_models=non-adaptive", "--plots=false", f"--report_dir={report}",
+              timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = reports.read_rows(report)
   assert {(r["model"], r["kind"]) for r in rows} == {
@@ -385,7 +388,7 @@ def test_cli_keras_run_directory_bf16_and_defense(data_dir, tmp_path):
       ("plain + jpeg:75 [non-adaptive]", "attack")}
   assert all(r["precision"] == "mixed_bfloat16" for r in rows if r["kind"] == "attack")
   clean = {r["model"]: r["psnr_y"] for r in rows if r["kind"] == "clean"}
-  assert clean["plain + jpeg:75 [non-adaptive]"] < clean["plain"] - 1.0  # JPEG costs quality
+  assert clean["plain + jpeg:75 [non-adaptive]"] < clean["plain"] - 0.5  # JPEG costs ~0.85 dB
   # A SavedModel directory is not a run directory: one clear error.
   proc = _cli(f"--models={tmp_path}", "--precision=mixed_bfloat16", f"--report_dir={report}2")
   assert proc.returncode == 2
