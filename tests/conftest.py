@@ -8,7 +8,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # TF's Eigen kernels, whichever module imports tensorflow first: the bfloat16 tests need them
-# on a CPU without AVX512/AMX bf16 (precision.bf16_kernels_run). `import tfsr_defense` would
+# on a CPU without AVX512 (precision.bf16_kernels_run). `import tfsr_defense` would
 # otherwise turn oneDNN on; tests/test_package.py checks that default in fresh interpreters.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
