@@ -72,18 +72,24 @@ def test_bfloat16_runs_or_is_one_clear_error(preset):
 
 @pytest.mark.skipif(not os.path.exists("/proc/cpuinfo") or _cpu_has_avx512(),
                     reason="oneDNN runs bfloat16 on AVX512 CPUs: no error to check")
-def test_evaluate_cli_refuses_bfloat16_before_any_work(data_dir, tmp_path):
-  """The evaluate CLI under oneDNN on an AVX2 CPU: exit 2, one line, no report written."""
+@pytest.mark.parametrize("tool", ["evaluate", "experiment"])
+def test_clis_refuse_bfloat16_before_any_work(tool, data_dir, tmp_path):
+  """evaluate / experiment under oneDNN on an AVX2 CPU: exit 2, one line, nothing written
+  (the experiment runner would otherwise train its variants for hours first)."""
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  report = tmp_path / "report"
+  out = tmp_path / "out"
+  args = {"evaluate": [f"--models={repo}/results/edsr_x4_cpu_long/plain", "--datasets=set5",
+                       "--max_images=1", "--attacks=ifgsm", "--eps=4", "--steps=2",
+                       f"--report_dir={out}"],
+          "experiment": ["--suite=lambda", "--max_images=1",
+                         f"--recipe={repo}/flags/experiments/edsr_x4_study.cfg",
+                         f"--output_dir={out}", f"--runs_root={tmp_path / 'runs'}"]}[tool]
   env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="1", TF_CPP_MIN_LOG_LEVEL="2")
   proc = subprocess.run(
-      [sys.executable, "-m", "tfsr_defense.evaluate",
-       f"--models={repo}/results/edsr_x4_cpu_long/plain", f"--data_dir={data_dir}",
-       "--datasets=set5", "--max_images=1", "--attacks=ifgsm", "--eps=4", "--steps=2",
-       "--precision=mixed_bfloat16", f"--report_dir={report}"],
-      env=env, capture_output=True, text=True, timeout=300, check=False)
-  assert proc.returncode == 2
+      [sys.executable, "-m", f"tfsr_defense.{tool}", *args, f"--data_dir={data_dir}",
+       "--precision=mixed_bfloat16"],
+      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 2, proc.stderr[-2000:]
   assert proc.stderr.strip().splitlines()[-1].startswith(
-      "tfsr_defense.evaluate: error: mixed_bfloat16 cannot run in this process")
-  assert not report.exists()
+      f"tfsr_defense.{tool}: error: mixed_bfloat16 cannot run in this process")
+  assert sorted(p.name for p in tmp_path.iterdir()) == []

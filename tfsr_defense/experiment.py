@@ -36,6 +36,7 @@ from absl import flags
 
 from tfsr_defense import (cli, data, defenses, evaluation, fileio, models, overview, reports,
                           run_copies, studies, suite_report, trainer)
+from tfsr_defense.precision import check_bf16_kernels
 
 __all__ = ["load_recipe", "plan", "remaining_gradients", "remaining_work", "estimate_seconds",
            "run_suite", "save_progress", "rewrite_suite_report", "share_evaluation",
@@ -225,6 +226,8 @@ def run_suite(suite, recipe, *, output_dir=os.path.join("results", "experiments"
 
   Raises:
     ValueError: a suite directory made with another recipe / budget;
+      ``precision`` 'mixed_bfloat16' where this process cannot run it
+      (``precision.check_bf16_kernels``), before any training;
     FileNotFoundError / ValueError: missing data; trainer errors.
   """
   suite_dir = os.path.join(output_dir, suite.name)
@@ -237,6 +240,8 @@ def run_suite(suite, recipe, *, output_dir=os.path.join("results", "experiments"
     raise ValueError(f"eot_samples must be an integer >= 1, got {eot_samples!r}.")
   if suite.has_defenses:
     eval_settings["eot_samples"] = eot_samples
+  if evaluate and precision == "mixed_bfloat16":
+    check_bf16_kernels()  # not after hours of training, at the first attack cell
   selected = suite if variants is None else studies.select_variants(suite, variants)
   # Every input is checked before anything is written or trained.
   scale = recipe.scale
