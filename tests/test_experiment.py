@@ -270,11 +270,13 @@ def test_cli_dry_run_and_errors(data_dir, tmp_path):
   line = [ln for ln in proc.stdout.splitlines() if "edsr_lambda1_delta10" in ln][0]
   assert line.endswith("new; ~14,870 input gradients of evaluation left"), line
   assert not runs.exists()  # a dry run changes nothing
-  # Every suite at once (without RCAN and MSRN), each network counted once: 20 distinct runs x 8
-  # steps, the 2 adversarially trained ones (I-FGSM, T = 1) counted twice: 176; 20 networks x
-  # 14,870 gradients + behind JPEG 2 x 9750 (the adaptive attack; the non-adaptive one reuses
-  # the bare network's) + behind random resizing 2 x 2 x 9750 (EOT k = 2).
-  excluded = [f"--exclude_variant={n} {k}" for n in ("rcan", "msrn") for k in ("plain", "ER")]
+  # Every suite at once (without the networks suite's other networks than EDSR, which would be
+  # timed here: test_dry_run_prices_each_network_at_its_rates), each network counted once: 14
+  # distinct runs x 8 steps, the 2 adversarially trained ones (I-FGSM, T = 1) counted twice:
+  # 128; 14 networks x 14,870 gradients + behind JPEG 2 x 9750 (the adaptive attack; the
+  # non-adaptive one reuses the bare network's) + behind random resizing 2 x 2 x 9750 (EOT k = 2).
+  excluded = [f"--exclude_variant={n} {k}" for n in ("rcan", "msrn", "carn", "carn_m", "srresnet")
+              for k in ("plain", "ER")]
   proc = subprocess.run([sys.executable, "-m", "tfsr_defense.experiment", "--suite=all",
                          "--dry_run", "--steps=8", f"--recipe={recipe}", f"--runs_root={runs}",
                          f"--output_dir={tmp_path / 'results'}", "--seconds_per_step=1.5",
@@ -283,13 +285,13 @@ def test_cli_dry_run_and_errors(data_dir, tmp_path):
                         check=False)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.count("Suite '") == 7 and "rcan" not in proc.stdout
-  total = proc.stdout.strip().splitlines()[-1]
-  assert total.startswith("All 7 suites, each network trained and evaluated once: 20 training "
-                          "runs, 176 steps x "), total
-  # Given rates, nothing timed: 176 x 1.5 s + 355,900 x 0.8 s = 284,984 s = 79.2 h.
-  assert " + 24 evaluations, ~355,900 input gradients x 0.800 s = 79.2 h in one process, " \
-      "~39.6 h in two" in total and "176 steps x 1.50 s" in total and "given" in total, total
-  assert "an adversarial-training step counted as 1 + T steps" in total, total
+  lines = proc.stdout.strip().splitlines()
+  # Given rates, nothing timed: 128 x 1.5 s + 266,680 x 0.8 s = 213,536 s = 59.3 h.
+  assert lines[-2] == ("All 7 suites, each network trained and evaluated once: 14 training runs "
+                       "(128 steps) and 18 evaluations (~266,680 input gradients): 59.3 h in one "
+                       "process, ~29.7 h in two (an adversarial-training step counted as 1 + T "
+                       "steps; seconds per step and gradient given):"), lines[-2]
+  assert lines[-1] == "  edsr: 128 steps x 1.50 s + 266,680 input gradients x 0.800 s = 59.3 h"
   assert not runs.exists() and not (tmp_path / "results").exists()
   for args, message in (
       (["--suite=all"], "--suite=all goes with --dry_run, --report_only or --save_progress"),
@@ -418,6 +420,56 @@ def test_train_only_then_evaluate(data_dir, tmp_path):
   assert [os.path.getmtime(w) for w in weights] == times  # not trained again
 
 
+def test_network_rates_scale_other_networks_by_the_ratio_measured_here(data_dir):
+  """--dry_run prices every network at its own rates: given rates belong to the recipe's
+  network; another network's is the given one times the ratio of the two measured here."""
+  recipe = _tiny_recipe(data_dir)
+  measured = {"edsr": (2.0, 1.0), "carn_m": (0.5, 0.25), "srresnet": (3.0, 1.5)}
+  calls = []
+
+  def measure(config):
+    calls.append((config.model, config.entropy_weight))
+    return measured[config.model]
+
+  assert experiment.network_rates(["edsr"], recipe, 4.0, 0.8, measure=measure) == (
+      {"edsr": (4.0, 0.8)}, "given")
+  assert not calls  # nothing timed
+  rates, source = experiment.network_rates(["edsr", "srresnet", "carn_m"], recipe, 4.0, 0.8,
+                                           measure=measure)
+  assert rates == {"edsr": (4.0, 0.8), "carn_m": pytest.approx((1.0, 0.2)),
+                   "srresnet": pytest.approx((6.0, 1.2))}
+  assert calls == [("edsr", 1.0), ("carn_m", None), ("srresnet", None)]  # paper's lambda each
+  assert source.startswith("edsr's given, the other networks' scaled by their ratio")
+  rates, source = experiment.network_rates(["carn_m"], recipe, measure=measure)
+  assert rates == {"edsr": (2.0, 1.0), "carn_m": (0.5, 0.25)}
+  assert source == "measured here on a 120x80 LR image"
+  rates, _ = experiment.network_rates(["carn_m"], recipe, step_time=4.0, measure=measure)
+  assert rates == {"edsr": (4.0, 1.0), "carn_m": (1.0, 0.25)}  # only the step rate given
+
+
+def test_dry_run_prices_each_network_at_its_rates(data_dir, tmp_path, monkeypatch, capsys):
+  """The networks suite: CARN-M is cheaper than EDSR; the total is the sum of the networks'."""
+  recipe = _tiny_recipe(data_dir)
+  recipe = dataclasses.replace(recipe, model_options={})
+  networks = studies.Suite("networks", "test", (
+      studies.Variant("edsr ER", (("entropy_weight", 1.0),)),
+      studies.Variant("carn_m ER", (("model", "carn_m"), ("entropy_weight", 1.0)))))
+  measured = {"edsr": (2.0, 1.0), "carn_m": (0.5, 0.25)}
+  monkeypatch.setattr(experiment, "measure_step_and_gradient", lambda c: measured[c.model])
+  left = dict(attack_datasets=("set5",), attacks=("fda", "ifgsm"), eps=(4 / 255,), steps=2,
+              clever=True, clever_samples=4, max_images=2)
+  experiment._dry_run([networks, networks], recipe, "recipe.cfg", str(tmp_path / "runs"),
+                      dict(output_dir=str(tmp_path / "results"), **left), step_time=4.0)
+  lines = capsys.readouterr().out.strip().splitlines()
+  # Each network 4 steps and 42 gradients (test_tiny_suite_end_to_end_and_resume), once:
+  # EDSR 4 x 4.0 + 42 x 1.0 = 58 s; CARN-M 4 x (0.5 x 4.0 / 2.0) + 42 x 0.25 = 18.5 s.
+  assert lines[-3].startswith("All 2 suites, each network trained and evaluated once: 2 training "
+                              "runs (8 steps) and 2 evaluations (~84 input gradients): 0.0 h ")
+  assert lines[-2:] == ["  carn_m: 4 steps x 1.00 s + 42 input gradients x 0.250 s = 0.0 h",
+                        "  edsr: 4 steps x 4.00 s + 42 input gradients x 1.000 s = 0.0 h"]
+  assert not (tmp_path / "runs").exists()
+
+
 def test_remaining_work_counts_each_network_once(data_dir, tmp_path):
   """Two suites sharing the ER network: its training and evaluation are counted once; a variant
   behind JPEG adds its adaptive attack only."""
@@ -432,6 +484,7 @@ def test_remaining_work_counts_each_network_once(data_dir, tmp_path):
   # 2 runs x 4 steps; plain 42 + ER 42 (see the end-to-end test) + ER behind JPEG 2 x 17.
   assert (work["runs"], work["steps"]) == (2, 8)
   assert (work["evaluations"], work["gradients"]) == (3, 42 + 42 + 34)
+  assert work["by_model"] == {"edsr": (8, 42 + 42 + 34)}
   assert [(s, v.name, g) for s, v, _, _, g in work["variants"]] == [
       ("tiny", "plain", 42), ("tiny", "ER", 42), ("twin", "ER again", 42),
       ("twin", "ER + JPEG", 34)]

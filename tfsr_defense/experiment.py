@@ -39,6 +39,7 @@ from tfsr_defense import (cli, data, defenses, evaluation, fileio, models, overv
 from tfsr_defense.precision import check_bf16_kernels
 
 __all__ = ["load_recipe", "plan", "remaining_gradients", "remaining_work", "estimate_seconds",
+           "network_rates",
            "run_suite", "save_progress", "rewrite_suite_report", "share_evaluation",
            "studies_overview", "DEFAULT_RECIPE"]
 
@@ -605,9 +606,10 @@ def remaining_work(suites, recipe, *, runs_root, **evaluation_settings):
     dict(variants=[(suite name, variant, TrainConfig, status, gradients)],
     runs: run directories with training left, steps: their steps (weighted as above),
     evaluations: networks / defended variants with gradients left,
-    gradients: their sum).
+    gradients: their sum,
+    by_model: {model name: (steps, gradients)}, the same split by network).
   """
-  variants, steps, grads = [], {}, {}
+  variants, steps, grads, models_of = [], {}, {}, {}
   for suite in suites:
     left = remaining_gradients(suite, recipe, runs_root=runs_root, **evaluation_settings)
     output_dir = evaluation_settings.get("output_dir")
@@ -617,12 +619,21 @@ def remaining_work(suites, recipe, *, runs_root, **evaluation_settings):
       if done < config.steps:
         cost = 1 + config.adv_steps if config.adversarial != "none" else 1
         steps[config.run_dir] = (config.steps - done) * cost
+        models_of[config.run_dir] = config.model
       key = (studies.run_name(recipe, variant) if variant.defense == "none"
              else (suite.name, variant.name))
       grads[key] = max(grads.get(key, 0.0), left[variant.name])
+      models_of[key] = config.model
+  by_model = {}
+  for table, slot in ((steps, 0), (grads, 1)):
+    for key, amount in table.items():
+      if amount > 0:
+        totals = by_model.setdefault(models_of[key], [0, 0.0])
+        totals[slot] += amount
   return dict(variants=variants, runs=len(steps), steps=sum(steps.values()),
               evaluations=sum(1 for g in grads.values() if g > 0),
-              gradients=sum(grads.values()))
+              gradients=sum(grads.values()),
+              by_model={m: tuple(t) for m, t in by_model.items()})
 
 
 def estimate_seconds(suite, recipe, *, runs_root, seconds_per_step=None, seconds_per_grad=None,
@@ -668,6 +679,44 @@ def measure_step_and_gradient(recipe):
   start = time.perf_counter()
   attacks.ifgsm.attack(engine, image, eps=1 / 255, steps=5)
   return step_time, (time.perf_counter() - start) / 5
+
+
+def network_rates(networks, recipe, step_time=None, grad_time=None, measure=None):
+  """Seconds per training step and per input gradient of each network, for ``--dry_run``.
+
+  The recipe's network takes ``step_time`` / ``grad_time`` where given, else its rates
+  are measured here (``measure``). Every other network is measured here, in the same
+  process, beside the recipe's network; where a rate of the recipe's network was given,
+  the other network's rate is the given one times the ratio measured here (a ratio of
+  one process holds however busy the machine is; the given rates are usually those of
+  the runs' logs on a loaded machine).
+
+  Args:
+    networks: model names (``models.registry``) to price.
+    recipe: the suite recipe (TrainConfig): batch, patch, scale and precision of the step.
+    step_time, grad_time: given seconds of the recipe's network, or None.
+    measure: fn(TrainConfig) -> (s per step, s per 120x80 LR input gradient); None:
+      ``measure_step_and_gradient`` (about a minute per network on a busy 2-core machine).
+
+  Returns:
+    (rates, source): rates = {model name: (s per step, s per gradient)} for ``networks``
+    and the recipe's network; source: how they were obtained, for the printout.
+  """
+  others = sorted(set(networks) - {recipe.model})
+  given = step_time is not None and grad_time is not None
+  if given and not others:
+    return {recipe.model: (step_time, grad_time)}, "given"
+  measure = measure or measure_step_and_gradient
+  base = measure(recipe)
+  own = (base[0] if step_time is None else step_time, base[1] if grad_time is None else grad_time)
+  rates = {recipe.model: own}
+  for name in others:
+    rate = measure(dataclasses.replace(recipe, model=name, entropy_weight=None))
+    rates[name] = (rate[0] * own[0] / base[0], rate[1] * own[1] / base[1])
+  if step_time is None and grad_time is None:
+    return rates, "measured here on a 120x80 LR image"
+  return rates, (f"{recipe.model}'s given, the other networks' scaled by their ratio to "
+                 f"{recipe.model} measured here on a 120x80 LR image")
 
 
 # ---------------------------------------------------------------------------
@@ -742,8 +791,9 @@ flags.mark_flag_as_required("suite", flag_values=FLAGS)
 def _dry_run(suites, recipe, recipe_path, runs_root, settings, step_time=None, grad_time=None):
   """Print each suite's plan and, for several, the total with shared networks counted once.
 
-  ``step_time`` / ``grad_time``: seconds per training step / input gradient; None measures
-  them here (``measure_step_and_gradient``)."""
+  ``step_time`` / ``grad_time``: seconds per training step / input gradient of the
+  recipe's network; None measures them here. Each network is priced at its own rates
+  (``network_rates``)."""
   work = remaining_work(suites, recipe, runs_root=runs_root, **settings)
   for suite in suites:
     print(f"Suite '{suite.name}' ({suite.paper}), recipe {recipe_path} "
@@ -752,23 +802,25 @@ def _dry_run(suites, recipe, recipe_path, runs_root, settings, step_time=None, g
       if name == suite.name:
         print(f"  {variant.name:28s} {config.run_dir:45s} {status}; "
               f"~{grads:,.0f} input gradients of evaluation left")
-  source = "given"
-  if step_time is None or grad_time is None:
-    measured = measure_step_and_gradient(recipe)
-    step_time = measured[0] if step_time is None else step_time
-    grad_time = measured[1] if grad_time is None else grad_time
-    source = "measured here on a 120x80 LR image"
-  hours = (work["steps"] * step_time + work["gradients"] * grad_time) / 3600
-  what = (f"{work['runs']} training runs, {work['steps']} steps x {step_time:.2f} s + "
-          f"{work['evaluations']} evaluations, ~{work['gradients']:,.0f} input gradients x "
-          f"{grad_time:.3f} s = {hours:.1f} h")
+  rates, source = network_rates(work["by_model"], recipe, step_time, grad_time)
+  lines, seconds = [], 0.0
+  for name, (steps, grads) in sorted(work["by_model"].items()):
+    cost = steps * rates[name][0] + grads * rates[name][1]
+    seconds += cost
+    lines.append(f"  {name}: {steps} steps x {rates[name][0]:.2f} s + {grads:,.0f} input "
+                 f"gradients x {rates[name][1]:.3f} s = {cost / 3600:.1f} h")
+  hours = seconds / 3600
+  what = (f"{work['runs']} training runs ({work['steps']} steps) and {work['evaluations']} "
+          f"evaluations (~{work['gradients']:,.0f} input gradients): {hours:.1f} h")
   if len(suites) == 1:
-    print(f"Estimated: {what} (one process; what is left: finished and shared "
-          f"cells are not counted; seconds per step and gradient {source}).")
+    print(f"Estimated: {what} in one process (what is left: finished and shared cells are "
+          f"not counted; seconds per step and gradient {source}):")
   else:
     print(f"All {len(suites)} suites, each network trained and evaluated once: {what} in one "
-          f"process, ~{hours / 2:.1f} h in two (steps and gradients of the recipe's network, "
-          f"an adversarial-training step counted as 1 + T steps; seconds {source}).")
+          f"process, ~{hours / 2:.1f} h in two (an adversarial-training step counted as 1 + T "
+          f"steps; seconds per step and gradient {source}):")
+  for line in lines:
+    print(line)
 
 
 def main(argv):
