@@ -696,7 +696,7 @@ def network_rates(networks, recipe, step_time=None, grad_time=None, measure=None
     recipe: the suite recipe (TrainConfig): batch, patch, scale and precision of the step.
     step_time, grad_time: given seconds of the recipe's network, or None.
     measure: fn(TrainConfig) -> (s per step, s per 120x80 LR input gradient); None:
-      ``measure_step_and_gradient`` (about a minute per network on a busy 2-core machine).
+      ``measure_step_and_gradient`` (2-3 minutes per network with both cores busy).
 
   Returns:
     (rates, source): rates = {model name: (s per step, s per gradient)} for ``networks``
