@@ -468,6 +468,15 @@ def test_dry_run_prices_each_network_at_its_rates(data_dir, tmp_path, monkeypatc
   assert lines[-2:] == ["  carn_m: 4 steps x 1.00 s + 42 input gradients x 0.250 s = 0.0 h",
                         "  edsr: 4 steps x 4.00 s + 42 input gradients x 1.000 s = 0.0 h"]
   assert not (tmp_path / "runs").exists()
+  # Nothing left: nothing timed.
+  monkeypatch.setattr(experiment, "remaining_work", lambda *a, **k: dict(
+      variants=[], runs=0, steps=0, evaluations=0, gradients=0, by_model={}))
+  monkeypatch.setattr(experiment, "measure_step_and_gradient", lambda c: 1 / 0)
+  experiment._dry_run([networks], recipe, "recipe.cfg", str(tmp_path / "runs"), {})
+  assert capsys.readouterr().out.strip().splitlines()[-1] == (
+      "Estimated: 0 training runs (0 steps) and 0 evaluations (~0 input gradients): 0.0 h in one "
+      "process (what is left: finished and shared cells are not counted; seconds per step and "
+      "gradient not needed: nothing is left):")
 
 
 def test_remaining_work_counts_each_network_once(data_dir, tmp_path):

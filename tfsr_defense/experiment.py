@@ -802,7 +802,8 @@ def _dry_run(suites, recipe, recipe_path, runs_root, settings, step_time=None, g
       if name == suite.name:
         print(f"  {variant.name:28s} {config.run_dir:45s} {status}; "
               f"~{grads:,.0f} input gradients of evaluation left")
-  rates, source = network_rates(work["by_model"], recipe, step_time, grad_time)
+  rates, source = (network_rates(work["by_model"], recipe, step_time, grad_time)
+                   if work["by_model"] else ({}, "not needed: nothing is left"))
   lines, seconds = [], 0.0
   for name, (steps, grads) in sorted(work["by_model"].items()):
     cost = steps * rates[name][0] + grads * rates[name][1]
